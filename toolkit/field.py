@@ -58,7 +58,15 @@ class Prediction:
 
 
 def nfe_per_call(model: Model) -> int:
-    """Network evaluations one call of ``model`` costs (guidance wrappers report 2 or more)."""
+    """Network evaluations the most recent call of ``model`` cost.
+
+    Read right after a call. Wrappers whose cost varies from call to call (a guidance
+    interval skips the unconditional branch) expose it as ``last_nfe``; otherwise the
+    static ``nfe_per_call`` attribute is used (default 1; unbatched guidance reports 2).
+    """
+    last = getattr(model, "last_nfe", None)
+    if last is not None:
+        return int(last)
     return int(getattr(model, "nfe_per_call", 1))
 
 

@@ -76,8 +76,9 @@ def _noise_warped(
     """
     r_max = min(_ratio(path, t0), ratio_max)
     r_end = _ratio(path, t1)
-    clean_end = not (r_end > 0.0 and math.isfinite(math.log(r_end)))
-    r_min = max(ratio_min, r_end) if clean_end else r_end
+    # A data end below the grid's sigma_min (e.g. exactly 0) gets a final denoising interval.
+    clean_end = r_end < ratio_min
+    r_min = ratio_min if clean_end else r_end
     n_warp = steps if clean_end else steps + 1  # reserve the last interval for denoising
     u = torch.linspace(to_u(r_max), to_u(r_min), n_warp, dtype=torch.float64)
     ts = path.t_from_sigma_ratio(from_u(u)).to(torch.float64)

@@ -22,6 +22,10 @@ try:
     from toolkit.samplers import adaptive  # noqa: F401
 except ImportError:  # pragma: no cover
     pass
+try:
+    from toolkit.samplers import extra  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
 
 
 def available() -> list[str]:
