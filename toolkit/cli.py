@@ -17,8 +17,13 @@ def _cmd_demo2d(args: argparse.Namespace) -> int:
     from toolkit.demo2d import run
 
     run(
-        dataset=args.dataset, method=args.method, train_steps=args.train_steps,
-        solver=args.solver, nfe_steps=args.sample_steps, out=args.out, seed=args.seed,
+        dataset=args.dataset,
+        method=args.method,
+        train_steps=args.train_steps,
+        solver=args.solver,
+        nfe_steps=args.sample_steps,
+        out=args.out,
+        seed=args.seed,
         n_samples=args.n,
     )
     return 0
@@ -46,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
         prog="toolkit",
-        description="Conditional generative modelling across modalities "
-        "(t = 0 noise, t = 1 data).",
+        description="Conditional generative modelling across modalities (t = 0 noise, t = 1 data).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("demo2d", help="train + sample a 2-D flow model and write a plot")
@@ -61,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo2d", help="output directory")
     d.set_defaults(fn=_cmd_demo2d)
     sub.add_parser("paths", help="list probability paths").set_defaults(fn=_cmd_paths)
-    sub.add_parser("solvers", help="list samplers and their options").set_defaults(
-        fn=_cmd_solvers
-    )
+    sub.add_parser("solvers", help="list samplers and their options").set_defaults(fn=_cmd_solvers)
     return p
 
 

@@ -32,7 +32,12 @@ METHODS = {
 
 
 def train(
-    dataset: str, method: str, steps: int, seed: int = 0, batch: int = 256, lr: float = 2e-3,
+    dataset: str,
+    method: str,
+    steps: int,
+    seed: int = 0,
+    batch: int = 256,
+    lr: float = 2e-3,
     progress: bool = True,
 ) -> TimeMLP:
     """Train a :class:`TimeMLP` on ``dataset`` with ``method`` (``cfm | ot_cfm | vp_noise``)."""
@@ -62,8 +67,13 @@ def train(
 
 
 def run(
-    dataset: str = "8gaussians", method: str = "ot_cfm", train_steps: int = 2000,
-    solver: str = "heun", nfe_steps: int = 10, out: str | Path = "runs/demo2d", seed: int = 0,
+    dataset: str = "8gaussians",
+    method: str = "ot_cfm",
+    train_steps: int = 2000,
+    solver: str = "heun",
+    nfe_steps: int = 10,
+    out: str | Path = "runs/demo2d",
+    seed: int = 0,
     n_samples: int = 2000,
 ) -> dict:
     """Train, sample, measure and plot; returns the metrics written to ``metrics.json``."""
@@ -83,13 +93,26 @@ def run(
     info: dict = {}
     xs = [x0]
     with torch.no_grad():
-        x1 = sample(net, x0, path=path, prediction=prediction, solver=solver, steps=nfe_steps,
-                    info=info, callback=lambda d: xs.append(d["x"]))
+        x1 = sample(
+            net,
+            x0,
+            path=path,
+            prediction=prediction,
+            solver=solver,
+            steps=nfe_steps,
+            info=info,
+            callback=lambda d: xs.append(d["x"]),
+        )
     data = toy2d.sample(dataset, n_samples, generator=gen)
     data2 = toy2d.sample(dataset, n_samples, generator=gen)
     result = {
-        "dataset": dataset, "method": method, "solver": solver, "steps": nfe_steps,
-        "nfe": info["nfe"], "train_steps": train_steps, "train_seconds": round(train_s, 1),
+        "dataset": dataset,
+        "method": method,
+        "solver": solver,
+        "steps": nfe_steps,
+        "nfe": info["nfe"],
+        "train_steps": train_steps,
+        "train_seconds": round(train_s, 1),
         "w2_samples_vs_data": metrics.w2(x1, data),
         "w2_data_vs_data_floor": metrics.w2(data2, data),
         "w2_prior_vs_data": metrics.w2(x0, data),

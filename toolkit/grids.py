@@ -53,7 +53,9 @@ def validate(ts: Tensor | Sequence[float]) -> Tensor:
     return ts
 
 
-def _endpoints(path: GaussianPath, t_start: float | None, t_end: float | None) -> tuple[float, float]:
+def _endpoints(
+    path: GaussianPath, t_start: float | None, t_end: float | None
+) -> tuple[float, float]:
     t0 = path.t_min if t_start is None else float(t_start)
     t1 = path.t_max if t_end is None else float(t_end)
     if not 0.0 <= t0 < t1 <= 1.0:
@@ -66,15 +68,25 @@ def _ratio(path: GaussianPath, t: float) -> float:
 
 
 def _noise_warped(
-    path: GaussianPath, steps: int, t0: float, t1: float, to_u, from_u, ratio_min: float,
-    ratio_max: float,
+    path: GaussianPath,
+    steps: int,
+    t0: float,
+    t1: float,
+    to_u,
+    from_u,
+    ratio_min: float,
+    ratio_max: float | None,
 ) -> Tensor:
     """Equal steps in a warped noise level ``u = to_u(sigma/alpha)``; exact ends kept.
 
-    The noise level is capped at ``ratio_max`` (the prior end of flow paths is infinite);
-    the first grid point is always ``t0`` itself.
+    The warp starts at the path's own noise level at ``t0``. Where that is infinite (the
+    prior end of flow paths) or above an explicit ``ratio_max``, it starts at the cap
+    (default 80, EDM's sigma_max) and the first interval runs from ``t0`` to it.
     """
-    r_max = min(_ratio(path, t0), ratio_max)
+    r0 = _ratio(path, t0)
+    if ratio_max is None:
+        ratio_max = r0 if math.isfinite(r0) else 80.0
+    r_max = min(r0, ratio_max)
     r_end = _ratio(path, t1)
     # A data end below the grid's sigma_min (e.g. exactly 0) gets a final denoising interval.
     clean_end = r_end < ratio_min
@@ -91,24 +103,40 @@ def _noise_warped(
 
 
 def karras(
-    steps: int, path: GaussianPath, rho: float = 7.0, sigma_min: float = 2e-3,
-    sigma_max: float = 80.0, t_start: float | None = None, t_end: float | None = None,
+    steps: int,
+    path: GaussianPath,
+    rho: float = 7.0,
+    sigma_min: float = 2e-3,
+    sigma_max: float | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
 ) -> Tensor:
     """Karras et al. (2022) grid, eq. 5, in the path's EDM noise level ``sigma/alpha``.
 
     If the path reaches zero noise at ``t_end``, the warped part ends at ``sigma_min`` and
-    the last interval denoises to ``t_end``; noise levels above ``sigma_max`` are capped.
+    the last interval denoises to ``t_end``. ``sigma_max`` caps the starting noise level
+    (default: the path's own, or 80 where that is infinite).
     """
     t0, t1 = _endpoints(path, t_start, t_end)
     return _noise_warped(
-        path, check_steps(steps), t0, t1, lambda r: r ** (1 / rho), lambda u: u**rho, sigma_min,
+        path,
+        check_steps(steps),
+        t0,
+        t1,
+        lambda r: r ** (1 / rho),
+        lambda u: u**rho,
+        sigma_min,
         sigma_max,
     )
 
 
 def logsnr(
-    steps: int, path: GaussianPath, sigma_min: float = 2e-3, sigma_max: float = 80.0,
-    t_start: float | None = None, t_end: float | None = None,
+    steps: int,
+    path: GaussianPath,
+    sigma_min: float = 2e-3,
+    sigma_max: float | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
 ) -> Tensor:
     """Equal steps in log-SNR (DPM-Solver's ``logSNR`` skip type, Lu et al. 2022)."""
     t0, t1 = _endpoints(path, t_start, t_end)
@@ -118,7 +146,9 @@ def logsnr(
 
 
 def uniform(
-    steps: int, path: GaussianPath | None = None, t_start: float | None = None,
+    steps: int,
+    path: GaussianPath | None = None,
+    t_start: float | None = None,
     t_end: float | None = None,
 ) -> Tensor:
     """``steps`` equal intervals between ``t_start`` and ``t_end`` (default: the path's ends)."""
@@ -130,8 +160,11 @@ def uniform(
 
 
 def shifted(
-    steps: int, path: GaussianPath | None = None, shift: float = 3.0,
-    t_start: float | None = None, t_end: float | None = None,
+    steps: int,
+    path: GaussianPath | None = None,
+    shift: float = 3.0,
+    t_start: float | None = None,
+    t_end: float | None = None,
 ) -> Tensor:
     """SD3 timestep shift (Esser et al. 2024, eq. 23): more steps at high noise for shift > 1."""
     if shift <= 0:

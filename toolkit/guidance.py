@@ -19,6 +19,7 @@ call time (``toolkit.sample(cond=...)``) are shared by all branches and overridd
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,7 +104,22 @@ def cfg_rescale(guided: Tensor, cond_out: Tensor, phi: float) -> Tensor:
     return phi * guided * (std_pos / std_cfg) + (1.0 - phi) * guided
 
 
-class _Guided:
+class _PerThreadNFE:
+    """``last_nfe`` kept per thread, so one wrapper shared by threads counts correctly."""
+
+    @property
+    def last_nfe(self) -> int | None:
+        tls = self.__dict__.get("_tls")
+        return getattr(tls, "value", None) if tls is not None else None
+
+    @last_nfe.setter
+    def last_nfe(self, value: int | None) -> None:
+        if "_tls" not in self.__dict__:
+            self.__dict__["_tls"] = threading.local()
+        self.__dict__["_tls"].value = value
+
+
+class _Guided(_PerThreadNFE):
     """Shared machinery: branch evaluation (batched or not), interval test, NFE counting."""
 
     def __init__(self, model: Model, batched: bool, interval: tuple[float, float] | None):
@@ -307,7 +323,7 @@ def score_shift(
     return expand_like(c.to(x.dtype), x) * delta_score
 
 
-class ClassifierGuidance:
+class ClassifierGuidance(_PerThreadNFE):
     """Classifier guidance, Dhariwal & Nichol 2021, eq. 10 / Alg. 1 in score form:
 
     ``score_guided(x, t) = score(x, t) + scale * grad_x log p(y | x_t)``,
@@ -347,7 +363,7 @@ class ClassifierGuidance:
         return out + score_shift(self.scale * grad, x, t, self.path, self.prediction)
 
 
-class DPS:
+class DPS(_PerThreadNFE):
     """Diffusion posterior sampling (Chung et al. 2023) for ``y = A(x_1) + noise``.
 
     The intractable ``grad log p(y | x_t)`` is approximated through the data prediction

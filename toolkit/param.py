@@ -27,8 +27,17 @@ from toolkit.paths.base import GaussianPath, expand_like, tiny
 from toolkit.registry import unknown_name_error
 
 PREDICTIONS = ("data", "noise", "velocity", "score", "v")
-_ALIASES = {"x1": "data", "x0": "noise", "eps": "noise", "epsilon": "noise", "sample": "data",
-            "flow": "velocity", "vel": "velocity", "v_prediction": "v", "u": "velocity"}
+_ALIASES = {
+    "x1": "data",
+    "x0": "noise",
+    "eps": "noise",
+    "epsilon": "noise",
+    "sample": "data",
+    "flow": "velocity",
+    "vel": "velocity",
+    "v_prediction": "v",
+    "u": "velocity",
+}
 
 
 def check_prediction(name: str) -> str:
@@ -52,9 +61,7 @@ def _coefs(path: GaussianPath, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Te
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     t = t.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return tuple(
-        expand_like(f(t), x) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma)
-    )  # type: ignore[return-value]
+    return tuple(expand_like(f(t), x) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))  # type: ignore[return-value]
 
 
 def to_data_noise(

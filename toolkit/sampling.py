@@ -72,9 +72,7 @@ def sample(
         raise TypeError(f"x0 must be a floating-point Tensor, got {type(x0).__name__}")
     if x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError(f"x0 must have a non-empty batch dimension, got shape {tuple(x0.shape)}")
-    ts = grids_mod.get_grid(
-        grid, steps, path, **_grid_kwargs(grid, grid_options, t_start, t_end)
-    )
+    ts = grids_mod.get_grid(grid, steps, path, **_grid_kwargs(grid, grid_options, t_start, t_end))
     den = Denoiser(model, path, prediction, dict(cond or {}))
     x = x0 * float(path.prior_std(ts[0]))
     with torch.no_grad():

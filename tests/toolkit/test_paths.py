@@ -62,8 +62,11 @@ def test_sde_view_reproduces_marginals(name: str) -> None:
     for i in range(len(ts) - 1):
         t, dt = ts[i], ts[i + 1] - ts[i]  # dt < 0
         tm = t + 0.5 * dt  # midpoint coefficients (g may be singular exactly at t = 1)
-        x = x + p.drift_coef(tm) * x * dt + torch.sqrt(p.diffusion_sq(tm) * -dt) * torch.randn(
-            n, dtype=torch.float64, generator=gen
+        x = (
+            x
+            + p.drift_coef(tm) * x * dt
+            + torch.sqrt(p.diffusion_sq(tm) * -dt)
+            * torch.randn(n, dtype=torch.float64, generator=gen)
         )
     tt = torch.tensor(t_stop, dtype=torch.float64)
     scale = float(p.prior_std(tt))
@@ -88,7 +91,9 @@ def test_discrete_vp_matches_diffusers(schedule: str, kw: dict) -> None:
     t = p.t_from_timestep(k)
     abar = ref.alphas_cumprod.to(torch.float64)
     torch.testing.assert_close(p.alpha(t) ** 2, abar, rtol=2e-6, atol=1e-9)
-    torch.testing.assert_close(p.sigma(t) ** 2, 1 - abar, rtol=0, atol=2e-6)  # diffusers: float32 cumprod
+    torch.testing.assert_close(
+        p.sigma(t) ** 2, 1 - abar, rtol=0, atol=2e-6
+    )  # diffusers: float32 cumprod
     torch.testing.assert_close(p.timestep(t), k.to(torch.float64), rtol=0, atol=1e-9)
 
 
@@ -119,9 +124,7 @@ def test_linear_and_trig_closed_forms() -> None:
 
 
 def test_affine_path_from_user_functions_with_autograd_derivatives() -> None:
-    p = paths.get(
-        "affine", alpha=lambda t: t**2, sigma=lambda t: 1 - t**2, t_min=0.0, t_max=1.0
-    )
+    p = paths.get("affine", alpha=lambda t: t**2, sigma=lambda t: 1 - t**2, t_min=0.0, t_max=1.0)
     t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
     torch.testing.assert_close(p.d_alpha(t), 2 * t)
     torch.testing.assert_close(p.d_sigma(t), -2 * t)

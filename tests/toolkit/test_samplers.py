@@ -42,15 +42,15 @@ def _sample(path, x0, solver, prediction="velocity", **kw):
                           solver=solver, **kw)
 
 
-def _reference(path, t_end: float, x0: torch.Tensor) -> torch.Tensor:
-    """PF-ODE solution from t = 0 to t_end by DOP853 at rtol = atol = 1e-12."""
+def _reference(path, t_end: float, x0: torch.Tensor, t_start: float = 0.0) -> torch.Tensor:
+    """PF-ODE solution from t_start to t_end by DOP853 at rtol = atol = 1e-12."""
     den = Denoiser(GMM.model(path, "velocity"), path, "velocity")
-    x = float(path.prior_std(torch.tensor(0.0, dtype=F64))) * x0
+    x = float(path.prior_std(torch.tensor(t_start, dtype=F64))) * x0
 
     def f(t, y):
         return den.velocity(torch.from_numpy(y).view(x.shape), t).reshape(-1).numpy()
 
-    sol = solve_ivp(f, (0.0, t_end), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12,
+    sol = solve_ivp(f, (t_start, t_end), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12,
                     atol=1e-12)
     return torch.from_numpy(sol.y[:, -1]).view(x.shape)
 
@@ -67,26 +67,29 @@ ORDER_CASES = [
     ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 3), ("unipc", {"order": 2}, 3),
     ("unipc", {"order": 3}, 4), ("rk4", {}, 4),
 ]
-# interior intervals, so the final denoising step does not dominate the error
+# interior intervals, so the final denoising step does not dominate the error. The VP case
+# starts at sigma/alpha = 80, where the logsnr grid's first interval refines with the steps.
+_VP = paths.VPPath()
 PATH_CASES = {
-    "linear": (paths.LinearPath(), 0.95, "uniform", [20, 40, 80]),
-    "vp": (paths.VPPath(), 0.9, "logsnr", [30, 60, 120]),
-    "edm": (paths.EDMPath(sigma_min=0.05, sigma_max=20.0), 1.0, "uniform", [20, 40, 80]),
+    "linear": (paths.LinearPath(), 0.0, 0.95, "uniform", [20, 40, 80]),
+    "vp": (_VP, float(_VP.t_from_sigma_ratio(torch.tensor(80.0))), 0.9, "logsnr", [30, 60, 120]),
+    "edm": (paths.EDMPath(sigma_min=0.05, sigma_max=20.0), 0.0, 1.0, "uniform", [20, 40, 80]),
 }
 
 
 @pytest.mark.parametrize("path_name", list(PATH_CASES))
 def test_convergence_order(path_name):
-    path, t_end, grid, ns = PATH_CASES[path_name]
+    path, t_start, t_end, grid, ns = PATH_CASES[path_name]
     x0 = _noise(16)
-    ref = _reference(path, t_end, x0)
+    ref = _reference(path, t_end, x0, t_start)
     errors = {}
     for solver, opts, order in ORDER_CASES:
         if solver in ("dpmpp_2m", "dpmpp_3m", "unipc"):
             opts = {**opts, "lower_order_final": False}  # keep the order on the last step
         errs = []
         for n in ns:
-            out = _sample(path, x0, solver, steps=n, t_end=t_end, grid=grid, **opts)
+            out = _sample(path, x0, solver, steps=n, t_start=t_start, t_end=t_end, grid=grid,
+                          **opts)
             errs.append(float((out - ref).pow(2).mean().sqrt()))
         key = solver + (f"{opts['order']}" if "order" in opts else "")
         errors[key] = errs
@@ -118,6 +121,7 @@ def test_unipc_beats_dpmpp_2m_full_range(steps):
 # -- sampled distribution ---------------------------------------------------------------------
 _FRESH = GMM.sample(20000, generator=torch.Generator().manual_seed(123))
 _FRESH_LL = float(GMM.log_prob(_FRESH).mean())
+_FRESH_STD = float(GMM.log_prob(_FRESH).std())
 
 
 def _matches_mixture(samples: torch.Tensor) -> tuple[bool, str]:
@@ -125,7 +129,7 @@ def _matches_mixture(samples: torch.Tensor) -> tuple[bool, str]:
     nearest-component counts passing a chi-square test (p > 1e-3)."""
     assert torch.all(torch.isfinite(samples))
     ll = GMM.log_prob(samples)
-    se = float(ll.std()) / math.sqrt(len(ll))
+    se = _FRESH_STD / math.sqrt(len(ll))  # standard error under the mixture itself
     gap = abs(float(ll.mean()) - _FRESH_LL)
     k = torch.cdist(samples, GMM.means).argmin(-1)
     counts = torch.bincount(k, minlength=len(GMM.means)).double()
@@ -151,7 +155,7 @@ STOCHASTIC_CASES = [
     ("ddpm", paths.VPPath(), "noise", dict(steps=100, grid="logsnr")),
     ("ddim", paths.LinearPath(), "velocity", dict(steps=100, eta=0.7)),
     ("euler_maruyama", paths.VPPath(), "noise", dict(steps=200)),
-    ("edm", paths.EDMPath(), "data", dict(steps=32, s_churn=40.0, s_tmin=0.05, s_tmax=50.0)),
+    ("edm", paths.EDMPath(), "data", dict(steps=100, s_churn=30.0, s_tmin=0.05, s_tmax=50.0)),
     ("pc", paths.VEPath(sigma_min=0.01, sigma_max=10.0), "score",
      dict(steps=100, snr=0.16, n_corrector=1)),
     ("pc", paths.VPPath(), "noise", dict(steps=100, predictor="euler_maruyama")),
@@ -168,6 +172,18 @@ def test_stochastic_samples_match_mixture(case):
     out = _sample(path, x0, solver, prediction=pred, generator=gen, **kw)
     ok, msg = _matches_mixture(out)
     assert ok, f"{solver}: {msg}"
+
+
+@pytest.mark.parametrize(
+    "solver,path,opts",
+    [("ddpm", paths.VPPath(), dict(steps=10)),
+     ("pc", paths.VEPath(sigma_min=0.01, sigma_max=10.0), dict(steps=100, snr=0.6))],
+)
+def test_statistic_rejects_bad_stochastic_samples(solver, path, opts):
+    """Too few steps / a too large corrector snr visibly bias the samples."""
+    out = _sample(path, _noise(1500, seed=2), solver, prediction="score",
+                  generator=torch.Generator().manual_seed(7), **opts)
+    assert not _matches_mixture(out)[0]
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,9 @@ def test_float32_and_float64_are_preserved(gmm) -> None:
         assert x.dtype == dtype and torch.all(torch.isfinite(x))
 
 
-@pytest.mark.parametrize("solver,per_step", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
+@pytest.mark.parametrize(
+    "solver,per_step", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)]
+)
 def test_nfe_is_counted(gmm, solver: str, per_step: int) -> None:
     p = paths.get("linear", sigma_min=0.01)  # no zero-noise end: every step is a full step
     info: dict = {}
@@ -55,10 +57,24 @@ def test_rk4_reaches_the_exact_flow_map(gmm, name: str, prediction: str) -> None
     """Any path/prediction gives the same flow: compare 40 and 80 RK4 steps (karras grid)."""
     p = paths.get(name)
     x0 = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    a = toolkit.sample(gmm.model(p, prediction), x0, path=p, prediction=prediction,
-                       solver="rk4", steps=40, grid="karras")
-    b = toolkit.sample(gmm.model(p, prediction), x0, path=p, prediction=prediction,
-                       solver="rk4", steps=80, grid="karras")
+    a = toolkit.sample(
+        gmm.model(p, prediction),
+        x0,
+        path=p,
+        prediction=prediction,
+        solver="rk4",
+        steps=40,
+        grid="karras",
+    )
+    b = toolkit.sample(
+        gmm.model(p, prediction),
+        x0,
+        path=p,
+        prediction=prediction,
+        solver="rk4",
+        steps=80,
+        grid="karras",
+    )
     # vp_discrete: log alpha is piecewise linear in t (kinks every 1/N) which caps RK4's order
     tol = 5e-3 if name == "vp_discrete" else 2e-3
     assert (a - b).norm(dim=-1).max() < tol
@@ -108,8 +124,13 @@ def test_conditioning_reaches_the_model() -> None:
     def model(x, t, *, shift):
         return torch.zeros_like(x) + shift
 
-    out = toolkit.sample(model, torch.zeros(2, 3), path=paths.get("linear", sigma_min=0.1),
-                         steps=4, cond={"shift": 2.0})
+    out = toolkit.sample(
+        model,
+        torch.zeros(2, 3),
+        path=paths.get("linear", sigma_min=0.1),
+        steps=4,
+        cond={"shift": 2.0},
+    )
     torch.testing.assert_close(out, torch.full((2, 3), 2.0))  # x0 = 0, velocity 2 for time 1
 
 

@@ -16,8 +16,19 @@ from toolkit.paths.flow import LinearPath, TrigPath
 from toolkit.registry import Registry
 
 __all__ = [
-    "GaussianPath", "CallablePath", "LinearPath", "TrigPath", "VPPath", "SubVPPath",
-    "DiscreteVPPath", "VEPath", "EDMPath", "ddpm_betas", "expand_like", "get", "available",
+    "GaussianPath",
+    "CallablePath",
+    "LinearPath",
+    "TrigPath",
+    "VPPath",
+    "SubVPPath",
+    "DiscreteVPPath",
+    "VEPath",
+    "EDMPath",
+    "ddpm_betas",
+    "expand_like",
+    "get",
+    "available",
 ]
 
 _REGISTRY = Registry("path")

@@ -202,4 +202,3 @@ class CallablePath(GaussianPath):
 
     def d_sigma(self, t: Tensor) -> Tensor:
         return self._d_sigma(t) if self._d_sigma else self._grad(self._sigma, t)
-

@@ -201,7 +201,9 @@ class VEPath(GaussianPath):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"ve path: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+            raise ValueError(
+                f"ve path: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
+            )
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(sigma_max / sigma_min)
 
@@ -240,7 +242,7 @@ class EDMPath(GaussianPath):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> None:
         if not 0 <= sigma_min < sigma_max or rho <= 0:
-            raise ValueError(f"edm path: need 0 <= sigma_min < sigma_max and rho > 0")
+            raise ValueError("edm path: need 0 <= sigma_min < sigma_max and rho > 0")
         self.sigma_min, self.sigma_max, self.rho = float(sigma_min), float(sigma_max), float(rho)
         self._a = sigma_max ** (1 / rho)
         self._b = sigma_min ** (1 / rho) - self._a

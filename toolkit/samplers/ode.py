@@ -26,7 +26,9 @@ def _rk_loop(den: Denoiser, x: Tensor, ts: Tensor, stepper, callback: Callback) 
 
 
 @register("euler")
-def euler(den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None) -> Tensor:
+def euler(
+    den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None
+) -> Tensor:
     """Euler: ``x_{n+1} = x_n + h v(x_n, t_n)`` (order 1)."""
 
     def step(x: Tensor, t: float, h: float) -> Tensor:
@@ -49,7 +51,9 @@ def midpoint(
 
 
 @register("heun")
-def heun(den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None) -> Tensor:
+def heun(
+    den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None
+) -> Tensor:
     """Heun's method (explicit trapezoid; Karras et al. 2022, Alg. 1) (order 2)."""
 
     def step(x: Tensor, t: float, h: float) -> Tensor:
@@ -62,7 +66,9 @@ def heun(den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Call
 
 
 @register("rk4")
-def rk4(den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None) -> Tensor:
+def rk4(
+    den: Denoiser, x: Tensor, ts: Tensor, *, generator=None, callback: Callback = None
+) -> Tensor:
     """Classical fourth-order Runge–Kutta (order 4)."""
 
     def step(x: Tensor, t: float, h: float) -> Tensor:

@@ -190,7 +190,8 @@ def pc(
     - ``ancestral``: the DDPM posterior step (exact for any step size; best on flow paths).
 
     Corrector at ``t'``: ``n_corrector`` Langevin steps ``x <- x + e score + sqrt(2 e) z`` with
-    ``e = 2 a^2 (snr ||z|| / ||score||)^2`` per sample (``a^2 = 1 - beta_i`` for VP, 1 for VE).
+    ``e = 2 a^2 (snr ||z|| / ||score||)^2`` (``a^2 = 1 - beta_i`` for VP, 1 for VE), the norms
+    averaged over the batch as in Song et al.'s code, so results depend on the batch.
     No corrector follows a final denoising step. NFE per step: ``1 + n_corrector``.
 
     Args:
@@ -222,11 +223,12 @@ def pc(
         for _ in range(n_corrector):
             score = den(x, t_next).score
             z = randn_like(x, generator)
-            dims = tuple(range(1, x.ndim))
-            z_norm = torch.linalg.vector_norm(z, dim=dims, keepdim=True)  # (B, 1, ...)
-            s_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True).clamp_min(1e-30)
-            step = 2.0 * a * a * (snr * z_norm / s_norm) ** 2
-            x = x + step * score + torch.sqrt(2.0 * step) * z
+            # batch-averaged norms as in the reference implementation (score_sde): a
+            # per-sample ||score|| can vanish at a mode in low dimension and blow the step up
+            z_norm = z.flatten(1).norm(dim=-1).mean()
+            s_norm = score.flatten(1).norm(dim=-1).mean().clamp_min(1e-30)
+            step = float(2.0 * a * a * (snr * z_norm / s_norm) ** 2)
+            x = x + step * score + math.sqrt(2.0 * step) * z
         report(callback, i, t_next, x)
     return x
 

@@ -66,7 +66,9 @@ class GaussianMixture:
         logits = logn + torch.log(self.weights)[None]
         return a, s, z, var, logits
 
-    def log_prob(self, x: Tensor, t: Tensor | float = 1.0, path: GaussianPath | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, t: Tensor | float = 1.0, path: GaussianPath | None = None
+    ) -> Tensor:
         """``log p_t(x)`` under ``path`` (data density if ``path`` is None)."""
         if path is None:
             from toolkit.paths.flow import LinearPath
