@@ -44,7 +44,9 @@ OUR_PATHS = (("linear", "velocity"), ("vp", "noise"))
 # option variants benchmarked besides each solver's defaults
 VARIANTS = {
     "unipc": ({}, {"order": 3}),
-    "ipndm": ({}, {"order": 3}, {"weights": "variable"}, {"weights": "variable", "space": "velocity"}),
+    "ipndm": (
+        {}, {"order": 3}, {"weights": "variable"}, {"weights": "variable", "space": "velocity"}
+    ),
 }
 STOCHASTIC = {"ddpm", "euler_maruyama", "edm", "pc", "langevin", "dopri5"}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -62,9 +64,11 @@ def reference(gmm: GaussianMixture, path, t0: float, x: Tensor, tol: float = 1e-
 
     def f(tt: float, y: np.ndarray) -> np.ndarray:
         yt = torch.from_numpy(y).view(shape)
-        return gmm.predict(yt, torch.tensor(tt, dtype=torch.float64), trig, "velocity").numpy().ravel()
+        tt = torch.tensor(tt, dtype=torch.float64)
+        return gmm.predict(yt, tt, trig, "velocity").numpy().ravel()
 
-    sol = solve_ivp(f, (2 * math.atan2(a, s) / math.pi, 1.0), y0, method="DOP853", rtol=tol, atol=tol)
+    span = (2 * math.atan2(a, s) / math.pi, 1.0)
+    sol = solve_ivp(f, span, y0, method="DOP853", rtol=tol, atol=tol)
     if not sol.success:
         raise RuntimeError(f"reference solve failed: {sol.message}")
     return torch.from_numpy(sol.y[:, -1]).view(shape)  # alpha = 1, sigma = 0 at t = 1
@@ -137,7 +141,9 @@ def diffusers_anchors() -> dict[str, Callable[[], object]]:
         "EulerDiscrete karras": lambda: d.EulerDiscreteScheduler(use_karras_sigmas=True),
         "DPM++ 2M": lambda: d.DPMSolverMultistepScheduler(**trail),
         "DPM++ 2M karras": lambda: d.DPMSolverMultistepScheduler(use_karras_sigmas=True),
-        "DPM++ 3M karras": lambda: d.DPMSolverMultistepScheduler(solver_order=3, use_karras_sigmas=True),
+        "DPM++ 3M karras": lambda: d.DPMSolverMultistepScheduler(
+            solver_order=3, use_karras_sigmas=True
+        ),
         "UniPC-2": lambda: d.UniPCMultistepScheduler(**trail),
         "UniPC-3": lambda: d.UniPCMultistepScheduler(solver_order=3, **trail),
         "UniPC-2 karras": lambda: d.UniPCMultistepScheduler(use_karras_sigmas=True),
@@ -218,7 +224,7 @@ def benchmark(n: int, nfes=NFES, log=print) -> tuple[list[Result], dict]:
         gmm = ring_gmm(k=8, radius=1.0, **kw)
         refs: dict[float, Tensor] = {}
 
-        def ref(path, t0: float) -> Tensor:
+        def ref(path, t0: float, gmm=gmm, refs=refs, target=target) -> Tensor:
             t = torch.tensor(t0, dtype=torch.float64)
             key = round(math.atan2(float(path.alpha(t)), float(path.sigma(t))), 12)
             if key not in refs:
@@ -229,7 +235,7 @@ def benchmark(n: int, nfes=NFES, log=print) -> tuple[list[Result], dict]:
                     checks[f"{target} checked"] = 1.0
             return refs[key]
 
-        def add(family, name, budget, x, nfe, path, t0):
+        def add(family, name, budget, x, nfe, path, t0, target=target, ref=ref):
             results.append(Result(family, name, target, budget, nfe, rmse(x, ref(path, t0))))
 
         for budget in nfes:
@@ -261,7 +267,9 @@ def benchmark(n: int, nfes=NFES, log=print) -> tuple[list[Result], dict]:
 
 
 # -- overhead ------------------------------------------------------------------------------
-def overhead(steps: int = 50, shape=(64, 4, 32, 32), repeat: int = 3) -> list[tuple[str, float, float]]:
+def overhead(
+    steps: int = 50, shape=(64, 4, 32, 32), repeat: int = 3
+) -> list[tuple[str, float, float]]:
     """Per-step wall time (us) with a zero-cost model: (pair, ours, diffusers)."""
     import diffusers as d
 
@@ -375,7 +383,8 @@ def method_table(results: list[Result], fams: tuple[str, ...], nfes=NFES, best_o
         for t in TARGETS:
             for b in nfes:
                 r = cell.get((t, b))
-                vals.append("-" if r is None else f"{r.err:.2e}" + ("" if r.nfe == b else f" ({r.nfe})"))
+                extra = "" if r is None or r.nfe == b else f" ({r.nfe})"
+                vals.append("-" if r is None else f"{r.err:.2e}{extra}")
         lines.append(f"| {key} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -412,15 +421,18 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not args.quick:
         rows = overhead()
+        head = "| pair | ours us/step | diffusers us/step | ours/diffusers |\n|---|---|---|---|\n"
         parts.append("### Per-step overhead (zero-cost model, batch 64x4x32x32 float32, 50 steps)"
-                     "\n\n| pair | ours us/step | diffusers us/step | ours/diffusers |\n|---|---|---|---|\n"
+                     "\n\n" + head
                      + "\n".join(f"| {p} | {a:.0f} | {b:.0f} | {a / b:.2f} |" for p, a, b in rows))
         nll = likelihood_errors(nfes=nfes)
         if nll:
             parts.append("### Exact log-likelihood error vs NFE (linear path, exact divergence, "
                          "256 data points; RMS of log p_model - log p_data in nats)\n\n"
-                         "| target | method | NFE budget | NFE used | RMS error |\n|---|---|---|---|---|\n"
-                         + "\n".join(f"| {t} | {m} | {b} | {u} | {e:.2e} |" for t, m, b, u, e in nll))
+                         "| target | method | NFE budget | NFE used | RMS error |\n"
+                         "|---|---|---|---|---|\n"
+                         + "\n".join(f"| {t} | {m} | {b} | {u} | {e:.2e} |"
+                                      for t, m, b, u, e in nll))
     parts.append(f"Wall time: {time.perf_counter() - start:.0f} s.")
     text = "\n\n".join(parts)
     print(text)
@@ -428,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         write_doc(text)
         FULL.write_text("# Solver benchmark: every configuration\n\nGenerated by "
                         "`python -m bench.solvers_gmm`; see [benchmarks.md](benchmarks.md).\n\n"
-                        + method_table(results, ("ours", "diffusers", "flow_matching"), nfes) + "\n")
+                        + method_table(results, ("ours", "diffusers", "flow_matching"), nfes)
+                        + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from toolkit.param import check_prediction, convert, to_data_noise
+from toolkit.param import Coefs, check_prediction, convert, scalar_coefs, to_data_noise
 from toolkit.paths.base import GaussianPath
 
 Model = Callable[..., Tensor]
@@ -31,10 +31,11 @@ class Prediction:
     x: Tensor
     t: Tensor
     path: GaussianPath
+    coefs: Coefs | None = None  # float64 path coefficients when t is one time for the batch
 
     def as_(self, kind: str) -> Tensor:
         """The prediction expressed as ``kind`` (``data | noise | velocity | score | v``)."""
-        return convert(self.raw, self.x, self.t, self.path, self.kind, kind)
+        return convert(self.raw, self.x, self.t, self.path, self.kind, kind, coefs=self.coefs)
 
     @property
     def velocity(self) -> Tensor:
@@ -54,6 +55,8 @@ class Prediction:
 
     def data_noise(self) -> tuple[Tensor, Tensor]:
         """``(x1_hat, eps_hat)``."""
+        if self.coefs is not None:
+            return self.as_("data"), self.as_("noise")
         return to_data_noise(self.raw, self.x, self.t, self.path, self.kind)
 
 
@@ -90,9 +93,28 @@ class Denoiser:
     def __post_init__(self) -> None:
         self.prediction = check_prediction(self.prediction)
         self._lock = threading.Lock()
+        self._coef_cache: dict[float, Coefs] = {}
+
+    def precompute(self, ts: Tensor) -> None:
+        """Fill the coefficient cache for all grid times in one vectorised call."""
+        tt = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        p = self.path
+        cols = [f(tt).tolist() for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma)]
+        for i, t in enumerate(tt.tolist()):
+            self._coef_cache[t] = (cols[0][i], cols[1][i], cols[2][i], cols[3][i])
+
+    def coefs(self, t: float) -> Coefs:
+        """Cached float64 ``(alpha, sigma, alpha', sigma')`` at scalar time ``t``."""
+        c = self._coef_cache.get(t)
+        if c is None:
+            c = self._coef_cache[t] = scalar_coefs(self.path, t)
+        return c
 
     def __call__(self, x: Tensor, t: Tensor | float) -> Prediction:
         """Evaluate the model at ``x`` and scalar/per-sample/per-token time ``t``."""
+        coefs = None
+        if isinstance(t, float | int) or (isinstance(t, Tensor) and t.ndim == 0):
+            coefs = self.coefs(float(t))
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -111,7 +133,7 @@ class Denoiser:
             out = out.to(x.dtype)
         with self._lock:
             self.nfe += nfe_per_call(self.model)
-        return Prediction(out, self.prediction, x, t, self.path)
+        return Prediction(out, self.prediction, x, t, self.path, coefs)
 
     def velocity(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Probability-flow velocity ``dx/dt``."""
@@ -123,5 +145,5 @@ class Denoiser:
 
     def ends_at_data(self, t: float) -> bool:
         """Whether ``sigma_t`` is (numerically) zero, where only a data step is well posed."""
-        tt = torch.tensor(float(t), dtype=torch.float64)
-        return bool(self.path.sigma(tt) <= 1e-9 * self.path.alpha(tt).clamp_min(1e-300))
+        a, s, _, _ = self.coefs(float(t))
+        return s <= 1e-9 * max(a, 1e-300)

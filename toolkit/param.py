@@ -111,10 +111,79 @@ def from_data_noise(
     return a * eps - s * x1
 
 
+Coefs = tuple[float, float, float, float]
+
+
+def scalar_coefs(path: GaussianPath, t: float) -> Coefs:
+    """``(alpha, sigma, alpha', sigma')`` at one time ``t``, as float64-accurate floats."""
+    tt = torch.tensor(float(t), dtype=torch.float64)
+    return tuple(float(f(tt)) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))
+
+
+def _row(kind: str, a: float, s: float, da: float, ds: float, eps: float) -> tuple[float, float]:
+    """``(A, B)`` with ``kind = A x1_hat + B eps_hat`` (see the module docstring)."""
+    if kind == "data":
+        return 1.0, 0.0
+    if kind == "noise":
+        return 0.0, 1.0
+    if kind == "velocity":
+        return da, ds
+    if kind == "score":
+        return 0.0, -1.0 / max(s, eps)
+    return -s, a  # "v"
+
+
+def affine_coefs(
+    coefs: Coefs, source: str, target: str, dtype: torch.dtype = torch.float64
+) -> tuple[float, float]:
+    """``(c_x, c_p)`` with ``target = c_x x_t + c_p pred_source`` at one time.
+
+    Every kind is linear in ``(x1_hat, eps_hat)``: ``K = A_K x1 + B_K eps``; together with
+    ``x_t = alpha x1 + sigma eps`` this is a 2x2 system, solved here once per time in float64
+    so a conversion costs two elementwise tensor operations.
+    """
+    a, s, da, ds = coefs
+    eps = tiny(dtype)
+    a1, b1 = _row(source, a, s, da, ds, eps)
+    a2, b2 = _row(target, a, s, da, ds, eps)
+    det = a * b1 - s * a1  # det [[a, s], [A1, B1]]
+    if abs(det) < eps:
+        det = eps if det >= 0 else -eps
+    return (a2 * b1 - b2 * a1) / det, (b2 * a - a2 * s) / det
+
+
+def apply_affine(pred: Tensor, x: Tensor, c_x: float, c_p: float) -> Tensor:
+    """``c_x x + c_p pred`` with as few kernels as possible."""
+    if c_x == 0.0:
+        return pred if c_p == 1.0 else pred * c_p
+    return torch.add(pred * c_p if c_p != 1.0 else pred, x, alpha=c_x)
+
+
+def _convert_scalar(pred: Tensor, x: Tensor, coefs: Coefs, source: str, target: str) -> Tensor:
+    a, s, da, ds = coefs
+    eps = tiny(x.dtype)
+    a1, b1 = _row(source, a, s, da, ds, eps)
+    if abs(a * b1 - s * a1) > 1e-8:
+        return apply_affine(pred, x, *affine_coefs(coefs, source, target, x.dtype))
+    # (Near-)singular end (alpha = 0 or sigma = 0): form the residual first, as the tensor
+    # path does, so an exact prediction there (e.g. eps_hat = x_0 at t = 0) stays exact.
+    det = a * b1 - s * a1
+    det = det if abs(det) >= eps else (eps if det >= 0 else -eps)
+    a2, b2 = _row(target, a, s, da, ds, eps)
+    x1 = (b1 * x - s * pred) / det
+    e = (a * pred - a1 * x) / det
+    return a2 * x1 + b2 * e
+
+
 def convert(
-    pred: Tensor, x: Tensor, t: Tensor, path: GaussianPath, source: str, target: str
+    pred: Tensor, x: Tensor, t: Tensor, path: GaussianPath, source: str, target: str,
+    coefs: Coefs | None = None,
 ) -> Tensor:
     """Convert a ``source``-kind prediction into a ``target``-kind one (exact, affine).
+
+    Args:
+        coefs: optional precomputed :func:`scalar_coefs` when ``t`` is one time for the
+            whole batch (the fast path solvers use).
 
     Example:
         >>> v = convert(eps_hat, x_t, t, paths.get("vp"), "noise", "velocity")
@@ -122,6 +191,8 @@ def convert(
     source, target = check_prediction(source), check_prediction(target)
     if source == target:
         return pred
+    if coefs is not None:
+        return _convert_scalar(pred, x, coefs, source, target)
     a, s, da, ds = _coefs(path, t, x)
     # Direct formulas for the pairs solvers use most (one division instead of two).
     if source == "velocity" and target == "data":

@@ -74,6 +74,7 @@ def sample(
         raise ValueError(f"x0 must have a non-empty batch dimension, got shape {tuple(x0.shape)}")
     ts = grids_mod.get_grid(grid, steps, path, **_grid_kwargs(grid, grid_options, t_start, t_end))
     den = Denoiser(model, path, prediction, dict(cond or {}))
+    den.precompute(ts)
     x = x0 * float(path.prior_std(ts[0]))
     with torch.no_grad():
         out = fn(den, x, ts, generator=generator, callback=callback, **options)

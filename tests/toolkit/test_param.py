@@ -81,3 +81,19 @@ def test_unknown_prediction_lists_valid() -> None:
     with pytest.raises(ValueError, match="Valid predictions"):
         param.check_prediction("epsilonn")
     assert param.check_prediction("eps") == "noise"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scalar_fast_path_equals_tensor_path(name: str, gmm) -> None:
+    p = paths.get(name)
+    x = torch.randn(32, 2, dtype=torch.float64)
+    for tv in (0.0, 0.13, 0.5, 0.97, 1.0):
+        t = torch.full((32,), tv, dtype=torch.float64)
+        coefs = param.scalar_coefs(p, tv)
+        for src, dst in PAIRS:
+            pred = torch.randn(32, 2, dtype=torch.float64)
+            ref = param.convert(pred, x, t, p, src, dst)
+            fast = param.convert(pred, x, t, p, src, dst, coefs=coefs)
+            assert torch.all(torch.isfinite(fast)), (name, tv, src, dst)
+            if 0.0 < tv < 1.0:
+                torch.testing.assert_close(fast, ref, rtol=1e-9, atol=1e-9)

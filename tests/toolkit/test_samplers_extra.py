@@ -48,7 +48,7 @@ def test_ipndm_convergence_order_on_gaussian(weights, min_rate):
     # fixed iPNDM weights are second order on a non-uniform (geometric) grid; exact
     # variable-step Adams–Bashforth weights recover order ~4
     gmm, path = _gaussian(), paths.VPPath()
-    x0 = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0 = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ref = _exact_gaussian_endpoint(x0, path, 0.0)
     errs = []
     for steps in (80, 160):
@@ -75,11 +75,11 @@ def test_ipndm_nfe_equals_steps_and_first_step_from_alpha_zero_is_ddim():
 
 def test_ipndm_velocity_space_matches_eps_space_in_the_limit():
     gmm, path = ring_gmm(radial_std=0.15), paths.LinearPath()
-    x0 = torch.randn(128, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    kw = dict(path=path, solver="ipndm", steps=200, grid="logsnr")
+    x0 = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kw = dict(path=path, solver="ipndm", steps=100, grid="logsnr")
     a = toolkit.sample(gmm.model(path, "velocity"), x0, **kw)
     b = toolkit.sample(gmm.model(path, "velocity"), x0, space="velocity", weights="variable", **kw)
-    assert float((a - b).norm(dim=-1).max()) < 3e-4
+    assert float((a - b).norm(dim=-1).max()) < 1e-3
 
 
 def test_ipndm_bad_options_name_the_problem():

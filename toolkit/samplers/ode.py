@@ -6,6 +6,7 @@ as a denoising step (see :func:`toolkit.samplers.common.denoise_step`).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from toolkit.field import Denoiser
@@ -32,7 +33,7 @@ def euler(
     """Euler: ``x_{n+1} = x_n + h v(x_n, t_n)`` (order 1)."""
 
     def step(x: Tensor, t: float, h: float) -> Tensor:
-        return x + h * den.velocity(x, t)
+        return torch.add(x, den.velocity(x, t), alpha=h)
 
     return _rk_loop(den, x, ts, step, callback)
 
