@@ -60,6 +60,10 @@ def _combine_kwargs(branches: list[dict[str, Any]], batch: int) -> dict[str, Any
                     )
                 parts.append(v.expand(batch, *v.shape[1:]))
             out[key] = torch.cat(parts, 0)
+        elif all(hasattr(type(v), "cat") and hasattr(v, "pooled") for v in vals):
+            # structured conditions (conditioners.base.Condition): batch-concatenate,
+            # padding token sequences to the longest with a False mask
+            out[key] = type(vals[0]).cat(list(vals))
         elif all(v is vals[0] or _equal(v, vals[0]) for v in vals):
             out[key] = vals[0]
         else:

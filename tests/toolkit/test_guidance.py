@@ -244,3 +244,23 @@ def test_score_shift_matches_conversion():
     for kind in ("velocity", "noise", "data", "v"):
         ref = convert(s + d, x, t, path, "score", kind) - convert(s, x, t, path, "score", kind)
         torch.testing.assert_close(guidance.score_shift(d, x, t, path, kind), ref)
+
+
+def test_batched_cfg_concatenates_structured_conditions() -> None:
+    """Condition objects (pooled + padded tokens + mask) share one batch like tensors do."""
+    from conditioners.base import Condition
+
+    def net(x, t, cond=None):
+        tok = (cond.tokens * cond.mask[..., None]).sum((1, 2))[:, None]
+        return x * 0.5 + cond.pooled.sum(-1, keepdim=True) + tok + t[:, None]
+
+    g = torch.Generator().manual_seed(0)
+    c = Condition(pooled=torch.randn(4, 3, generator=g), tokens=torch.randn(4, 5, 2, generator=g),
+                  mask=torch.ones(4, 5, dtype=torch.bool))
+    u = Condition(pooled=torch.zeros(4, 3), tokens=torch.zeros(4, 2, 2),
+                  mask=torch.zeros(4, 2, dtype=torch.bool))
+    x, t = torch.randn(4, 2, generator=g), torch.rand(4, generator=g)
+    batched = guidance.cfg(net, 3.0, cond={"cond": c}, uncond={"cond": u}, batched=True)
+    single = guidance.cfg(net, 3.0, cond={"cond": c}, uncond={"cond": u}, batched=False)
+    torch.testing.assert_close(batched(x, t), single(x, t))
+    assert batched.nfe_per_call == 1 and single.nfe_per_call == 2

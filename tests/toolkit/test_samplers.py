@@ -227,8 +227,8 @@ def test_special_cases_agree():
 def _expected_nfe(solver: str, n: int, clean_end: bool, singular_start: bool) -> int:
     last = 1 if clean_end else None  # a final interval onto sigma = 0 costs one evaluation
     per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
-    if solver in per:
-        return per[solver] * n if last is None else per[solver] * (n - 1) + 1
+    if solver in per:  # velocity model: "auto" takes the full RK step onto a flow path's end
+        return per[solver] * n
     if solver == "edm":
         return 2 * n - (1 if clean_end else 0) - (1 if singular_start else 0)
     if solver == "pc":  # n_corrector = 2, none after the final denoising step

@@ -46,9 +46,19 @@ def test_nfe_is_counted(gmm, solver: str, per_step: int) -> None:
     info: dict = {}
     toolkit.sample(gmm.model(p), torch.randn(4, 2), path=p, solver=solver, steps=5, info=info)
     assert info["nfe"] == 5 * per_step
-    p0 = paths.get("linear")  # zero-noise end: last interval is a 1-NFE denoising step
-    toolkit.sample(gmm.model(p0), torch.randn(4, 2), path=p0, solver=solver, steps=5, info=info)
+    p0 = paths.get("linear")  # zero-noise end: a data model's last interval is a denoising step
+    x0 = torch.randn(4, 2, dtype=torch.float64)
+    kw = dict(path=p0, solver=solver, steps=5, info=info)
+    toolkit.sample(gmm.model(p0, "data"), x0, prediction="data", **kw)
     assert info["nfe"] == 4 * per_step + 1
+    # a velocity model on a flow path takes the full step at t = 1 ("auto")
+    full = toolkit.sample(gmm.model(p0), x0, **kw)
+    assert info["nfe"] == 5 * per_step
+    den = toolkit.sample(gmm.model(p0), x0, final_step="denoise", **kw)
+    assert info["nfe"] == 4 * per_step + 1
+    assert (full - den).abs().max() > 0  # the option changes what it should
+    with pytest.raises(ValueError, match="final_step"):
+        toolkit.sample(gmm.model(p0), x0, final_step="nope", **kw)
 
 
 @pytest.mark.parametrize("name", ["linear", "vp", "edm", "trig", "ve", "vp_discrete", "subvp"])
