@@ -1,7 +1,8 @@
 """The ``toolkit`` command line.
 
-Subcommands arrive with later work (``train``, ``sample``, ``eval``, ``recipes``); today:
-
+- ``toolkit train recipe=NAME [key=value ...]``: train a recipe (Hydra-style overrides,
+  e.g. ``trainer.max_steps=2000 data.root=/my/images resume=latest``).
+- ``toolkit recipes``: list the recipes with one-line descriptions.
 - ``toolkit demo2d``: the embedded default main job: train a small flow-matching model on a
   2-D dataset, sample it, and write a plot.
 - ``toolkit paths`` / ``toolkit solvers``: list the names the core accepts.
@@ -47,6 +48,54 @@ def _cmd_solvers(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(_: argparse.Namespace) -> int:
+    from toolkit.train.config import list_recipes
+
+    recipes = list_recipes()
+    width = max((len(n) for n in recipes), default=0)
+    for name, desc in recipes.items():
+        print(f"{name:{width}s}  {desc}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from toolkit.train.config import RecipeError, compose_recipe, list_recipes, split_recipe_arg
+
+    recipe, overrides = split_recipe_arg(args.overrides)
+    try:
+        if recipe is None:
+            raise RecipeError("missing recipe=NAME; available recipes: "
+                              + ", ".join(list_recipes()))
+        cfg = compose_recipe(recipe, overrides)
+    except RecipeError as e:
+        print(f"toolkit train: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from toolkit.train.trainer import NonFiniteLossError, train_recipe
+
+    try:
+        result = train_recipe(cfg)
+    except (NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"toolkit train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
+    return 0
+
+
+_TRAIN_EPILOG = """examples:
+  toolkit train recipe=toy2d_cfm
+  toolkit train recipe=toy2d_cfm trainer.max_steps=500 data.name=moons run_dir=runs/moons
+  toolkit train recipe=toy2d_cfm run_dir=runs/moons resume=latest
+  toolkit train recipe=toy2d_cfm init_from=runs/moons run_dir=runs/ft trainer.lr=1e-4
+  torchrun --nproc_per_node 2 -m toolkit.cli train recipe=toy2d_cfm
+top-level keys: seed, run_dir, resume (latest | checkpoint dir), init_from (run dir);
+groups: trainer.*, model.*, data.*, task.*, sampler.* (see `toolkit recipes`)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(
@@ -64,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="runs/demo2d", help="output directory")
     d.set_defaults(fn=_cmd_demo2d)
+    tr = sub.add_parser(
+        "train", help="train a recipe: toolkit train recipe=NAME [key=value ...]",
+        description="Train a recipe with Hydra-style key=value overrides.",
+        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="recipe=NAME plus overrides such as trainer.max_steps=100")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="print the composed, resolved config and exit")
+    tr.set_defaults(fn=_cmd_train)
+    sub.add_parser("recipes", help="list recipes with one-line descriptions").set_defaults(
+        fn=_cmd_recipes)
+    # `sample` and `eval` subcommands arrive with the image modality; they will build on
+    # toolkit.train.checkpoint.load_run(RUN_DIR) -> (model, task, cfg, checkpoint).
     sub.add_parser("paths", help="list probability paths").set_defaults(fn=_cmd_paths)
     sub.add_parser("solvers", help="list samplers and their options").set_defaults(fn=_cmd_solvers)
     return p
@@ -71,8 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``toolkit`` console script."""
+    import warnings
+
+    # third-party modules (POT) compiled without a bytecode cache warn about escape sequences
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides given after an option (`train --dry-run a=1 b=2`)
+        if getattr(args, "command", None) != "train" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0

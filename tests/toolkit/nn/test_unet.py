@@ -1,0 +1,90 @@
+"""U-Net: shapes, zero init, FiLM / cross-attention conditioning contract, autocast, errors."""
+
+import pytest
+import torch
+
+from conditioners.base import Condition
+from toolkit.nn.unet import UNet
+
+torch.set_num_threads(1)
+
+SMALL = dict(base_channels=8, num_res_blocks=1, num_heads=2, groups=4)
+
+
+def _cond(b=2, L=4, dp=6, dt=8, valid=2):
+    mask = torch.zeros(b, L, dtype=torch.bool)
+    mask[:, :valid] = True
+    return Condition(pooled=torch.randn(b, dp), tokens=torch.randn(b, L, dt), mask=mask)
+
+
+@pytest.mark.parametrize(
+    "kw, shape, out_ch",
+    [
+        (dict(channel_mults=(1, 2)), (2, 3, 8, 8), 3),
+        (dict(channel_mults=[1, 2, 2], attn_levels=[1, 2], in_channels=1, out_channels=2),
+         (2, 1, 16, 12), 2),
+        (dict(channel_mults=(1,), attn_levels=(0,), in_channels=4), (2, 4, 5, 7), 4),
+    ],
+)
+def test_output_shapes(kw, shape, out_ch):
+    kw = {"in_channels": 3, **kw}
+    net = UNet(**kw, **SMALL, pooled_dim=6, token_dim=8, zero_init=False)
+    out = net(torch.randn(shape), torch.rand(shape[0]), cond=_cond())
+    assert out.shape == (shape[0], out_ch, *shape[2:]) and torch.isfinite(out).all()
+    assert net(torch.randn(shape), torch.rand(shape[0])).shape == out.shape  # unconditional
+
+
+def test_zero_init_output_is_exactly_zero_and_gradients_reach_output_layer():
+    torch.manual_seed(0)
+    net = UNet(channel_mults=(1, 2), pooled_dim=6, token_dim=8, **SMALL)
+    out = net(torch.randn(2, 3, 8, 8), torch.rand(2), cond=_cond())
+    assert torch.count_nonzero(out) == 0
+    out.square().add(out).sum().backward()
+    assert net.out[-1].weight.grad.abs().sum() > 0
+    assert net.param_count() == sum(p.numel() for p in net.parameters())
+
+
+def test_conditioning_contract():
+    torch.manual_seed(0)
+    net = UNet(channel_mults=(1, 2), pooled_dim=6, token_dim=8, zero_init=False, **SMALL)
+    x, t, c = torch.randn(2, 3, 8, 8), torch.rand(2), _cond()
+    out = net(x, t, cond=c)
+    tok = c.tokens.clone()
+    tok[:, 2:] = 50.0 * torch.randn(2, 2, 8)  # masked-out tokens: no effect
+    assert torch.allclose(net(x, t, cond=Condition(c.pooled, tok, c.mask)), out, atol=1e-5)
+    tok = c.tokens.clone()
+    tok[:, 0] += torch.randn(2, 8)  # a valid token
+    assert (net(x, t, cond=Condition(c.pooled, tok, c.mask)) - out).abs().amax() > 1e-4
+    assert (net(x, t, cond=Condition(c.pooled + 1.0, c.tokens, c.mask)) - out).abs().amax() > 1e-4
+    assert (net(x, t + 0.1, cond=c) - out).abs().amax() > 1e-4  # time matters
+    # per-sample: changing sample 1's condition leaves sample 0 unchanged
+    pooled = c.pooled.clone()
+    pooled[1] += 1.0
+    out2 = net(x, t, cond=Condition(pooled, c.tokens, c.mask))
+    assert torch.allclose(out2[0], out[0], atol=1e-5) and not torch.allclose(out2[1], out[1])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_float32_and_bf16_autocast_forward(autocast):
+    torch.manual_seed(0)
+    net = UNet(channel_mults=(1, 2), pooled_dim=6, token_dim=8, zero_init=False, **SMALL)
+    x, t, c = torch.randn(2, 3, 8, 8), torch.rand(2), _cond()
+    ref = net(x, t, cond=c)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = net(x, t, cond=c)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().amax() <= 0.05 * ref.abs().amax() + 1e-6
+
+
+def test_bad_inputs_are_named():
+    net = UNet(channel_mults=(1, 2, 2), **SMALL)
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        net(torch.randn(1, 3, 6, 8), torch.rand(1))
+    with pytest.raises(ValueError, match=r"x of shape \(B, 3, H, W\)"):
+        net(torch.randn(1, 2, 8, 8), torch.rand(1))
+    with pytest.raises(ValueError, match="without token_dim"):
+        net(torch.randn(2, 3, 8, 8), torch.rand(2), cond=Condition(tokens=torch.randn(2, 4, 8)))
+    with pytest.raises(ValueError, match="attn_levels"):
+        UNet(channel_mults=(1, 2), attn_levels=(2,), **SMALL)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        UNet(base_channels=6, num_heads=4)

@@ -1,0 +1,47 @@
+"""Shared helpers for the trainer tests: tiny models, datasets and trainer settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolkit.nn.mlp import TimeMLP
+from toolkit.train.config import TrainerConfig
+from toolkit.train.tasks import SamplerSpec, Task, VectorCFMTask, toy2d_dataset
+from toolkit.train.trainer import Trainer
+
+torch.set_num_threads(1)
+
+#: overrides that make any recipe tiny (2 steps, small batches, no TensorBoard/progress)
+TINY = [
+    "trainer.max_steps=2", "trainer.batch_size=4", "trainer.checkpoint_every=2",
+    "trainer.val_every=2", "trainer.log_every=1", "trainer.progress=false",
+    "trainer.tensorboard=false", "trainer.warmup_steps=0",
+]
+#: per-recipe extra tiny overrides (recipes not listed get only TINY)
+TINY_BY_RECIPE = {
+    "toy2d_cfm": ["model.hidden=16", "model.depth=1", "data.n=64", "task.val_samples=16",
+                  "sampler.steps=2"],
+}
+
+
+def tiny_trainer(run_dir: Path, task: Task | None = None, resume: str | None = None,
+                 n: int = 24, seed: int = 0, **cfg) -> Trainer:
+    """A Trainer on 2-D data with a 16-wide MLP; ``cfg`` overrides TrainerConfig fields."""
+    kw = dict(max_steps=4, batch_size=8, checkpoint_every=2, val_every=0, log_every=1,
+              progress=False, tensorboard=False, lr=1e-2, warmup_steps=1, ema_decay=0.9)
+    kw.update(cfg)
+    torch.manual_seed(seed)
+    model = TimeMLP(dim=2, hidden=16, depth=1)
+    task = task or VectorCFMTask(val_samples=16, sampler=SamplerSpec(steps=2))
+    data = toy2d_dataset("moons", n=n, seed=seed)
+    return Trainer(model, task, data, TrainerConfig(**kw), run_dir, seed=seed, resume=resume,
+                   recipe="tiny", config_yaml="recipe: tiny\n")
+
+
+@pytest.fixture
+def tiny():
+    """The :func:`tiny_trainer` factory."""
+    return tiny_trainer
