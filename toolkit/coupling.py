@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -75,6 +74,8 @@ def ot_plan(
     if normalize_cost:
         cost = cost / cost.max().clamp_min(1e-300)
     c = cost.cpu().numpy()
+    import ot  # POT; imported lazily (it pulls in scipy.sparse and friends)
+
     a, b = ot.unif(c.shape[0]), ot.unif(c.shape[1])
     if method == "exact":
         plan = ot.emd(a, b, c, numItermax=1_000_000)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -26,6 +25,8 @@ def w2(x: Tensor, y: Tensor, squared: bool = False) -> float:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"w2: dimension mismatch {a.shape[1]} vs {b.shape[1]}")
     cost = torch.cdist(a, b).pow(2).numpy()
+    import ot  # POT; imported lazily (it pulls in scipy.sparse and friends)
+
     val = float(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost, numItermax=10_000_000))
     val = max(val, 0.0)
     return val if squared else float(np.sqrt(val))

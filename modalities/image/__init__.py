@@ -10,7 +10,6 @@ from modalities.image.attributes import (
     train_classifier,
 )
 from modalities.image.data import (
-    ImageFolderDataset,
     ShapesConfig,
     ShapesDataset,
     caption,
@@ -19,6 +18,7 @@ from modalities.image.data import (
     load_split,
     parse_caption,
 )
+from modalities.image.folder import ImageFolderDataset
 
 __all__ = [
     "AttributeClassifier", "ClassifierConfig", "ImageFolderDataset", "ShapesConfig",

@@ -225,7 +225,6 @@ def test_special_cases_agree():
 
 # -- NFE accounting ---------------------------------------------------------------------------
 def _expected_nfe(solver: str, n: int, clean_end: bool, singular_start: bool) -> int:
-    last = 1 if clean_end else None  # a final interval onto sigma = 0 costs one evaluation
     per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
     if solver in per:  # velocity model: "auto" takes the full RK step onto a flow path's end
         return per[solver] * n

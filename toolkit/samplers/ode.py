@@ -5,9 +5,10 @@ Orders: Euler 1, midpoint 2, Heun 2, RK4 4.
 The final interval onto a zero-noise end (``final_step``): ``"auto"`` takes the full
 Runge–Kutta step when the model predicts velocity, the path's velocity is bounded there
 (linear, trig: the network is then evaluated at t = 1 exactly as trained) and the last
-interval is coarse (it starts above sigma/alpha = 0.01), and otherwise a denoising step (:func:`toolkit.samplers.common.denoise_step`), because converting a
-noise/data/score prediction to a velocity is singular at sigma = 0 (and the VP velocity
-itself diverges there). ``"denoise"`` and ``"full"`` force either.
+interval is coarse (it starts above sigma/alpha = 0.01), and otherwise a denoising step
+(:func:`toolkit.samplers.common.denoise_step`), because converting a noise/data/score
+prediction to a velocity is singular at sigma = 0 (and the VP velocity itself diverges
+there). ``"denoise"`` and ``"full"`` force either.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import torch
 from torch import Tensor
 
 from toolkit.field import Denoiser
-from toolkit.samplers.common import Callback, denoise_step, report
 from toolkit.registry import unknown_name_error
+from toolkit.samplers.common import Callback, denoise_step, report
 from toolkit.samplers.registry import register
-
 
 FINAL_STEPS = ("auto", "denoise", "full")
 
