@@ -79,9 +79,11 @@ def _noise_warped(
 ) -> Tensor:
     """Equal steps in a warped noise level ``u = to_u(sigma/alpha)``; exact ends kept.
 
-    The warp starts at the path's own noise level at ``t0``. Where that is infinite (the
-    prior end of flow paths) or above an explicit ``ratio_max``, it starts at the cap
-    (default 80, EDM's sigma_max) and the first interval runs from ``t0`` to it.
+    The warp starts at the path's noise level at ``t0``, capped at ``ratio_max`` (default 80,
+    EDM's sigma_max; the prior end of flow paths is infinite, VP's is ~150): the first
+    interval then runs from ``t0`` to the cap in one step, where the flow is nearly linear.
+    That interval does not shrink with more steps, so convergence studies pass
+    ``sigma_max=None`` (the path's own level where finite).
     """
     r0 = _ratio(path, t0)
     if ratio_max is None:
@@ -107,7 +109,7 @@ def karras(
     path: GaussianPath,
     rho: float = 7.0,
     sigma_min: float = 2e-3,
-    sigma_max: float | None = None,
+    sigma_max: float | None = 80.0,
     t_start: float | None = None,
     t_end: float | None = None,
 ) -> Tensor:
@@ -115,7 +117,7 @@ def karras(
 
     If the path reaches zero noise at ``t_end``, the warped part ends at ``sigma_min`` and
     the last interval denoises to ``t_end``. ``sigma_max`` caps the starting noise level
-    (default: the path's own, or 80 where that is infinite).
+    (``None``: the path's own, or 80 where that is infinite).
     """
     t0, t1 = _endpoints(path, t_start, t_end)
     return _noise_warped(
@@ -134,7 +136,7 @@ def logsnr(
     steps: int,
     path: GaussianPath,
     sigma_min: float = 2e-3,
-    sigma_max: float | None = None,
+    sigma_max: float | None = 80.0,
     t_start: float | None = None,
     t_end: float | None = None,
 ) -> Tensor:

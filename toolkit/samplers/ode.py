@@ -43,8 +43,9 @@ def _rk_loop(
 ) -> Tensor:
     n = len(ts) - 1
     full_end = _full_final_step(den, ts, final_step)
+    tl = torch.as_tensor(ts, dtype=torch.float64).tolist()
     for i in range(n):
-        t, t_next = float(ts[i]), float(ts[i + 1])
+        t, t_next = tl[i], tl[i + 1]
         if den.ends_at_data(t_next) and not full_end:
             x = denoise_step(den, x, t)
         else:
