@@ -5,14 +5,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def minilm():
     """A TextConditioner on the bundled all-MiniLM-L6-v2 (learned null)."""

@@ -12,14 +12,6 @@ from toolkit.testing.gmm import GaussianMixture, ring_gmm
 B, D = 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class ToyNet:
     """A label-conditional model that records every call (batch size, labels, times)."""

@@ -12,15 +12,6 @@ from toolkit.likelihood import bits_per_dim, log_likelihood
 from toolkit.testing.gmm import GaussianMixture, ring_gmm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(n: int, seed: int = 1) -> torch.Tensor:
     return ring_gmm().sample(n, generator=torch.Generator().manual_seed(seed))
 

@@ -24,14 +24,6 @@ GMM = ring_gmm()
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny 2-D batches: extra intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _noise(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 2, dtype=F64, generator=torch.Generator().manual_seed(seed))

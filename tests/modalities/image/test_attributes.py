@@ -15,7 +15,6 @@ from modalities.image.attributes import (
 )
 from modalities.image.data import NUM_CLASSES, ShapesConfig, generate, to_tensor
 
-torch.set_num_threads(1)
 # reduced setting (~20 s on one core); the default (20k images, 300 steps) reaches > 99.5 %
 QUICK = ClassifierConfig(n_train=3000, n_val=400, steps=150, batch_size=64)
 

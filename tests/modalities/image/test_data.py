@@ -19,7 +19,6 @@ from modalities.image.data import (
     parse_caption,
 )
 
-torch.set_num_threads(1)
 
 
 def test_same_seed_identical_bytes_different_seed_differs():

@@ -10,7 +10,6 @@ from PIL import Image
 
 from modalities.image.data import ImageFolderDataset, load_image
 
-torch.set_num_threads(1)
 
 
 def _write_images(root, n=4, size=(48, 40)):

@@ -16,7 +16,6 @@ from toolkit.nn.layers import (
 )
 from toolkit.nn.seq import block_causal_mask, causal_mask
 
-torch.set_num_threads(1)
 
 
 def test_param_count_counts_and_respects_trainable_only():

@@ -11,7 +11,6 @@ from torch import nn
 
 from toolkit.train import checkpoint as ck
 
-torch.set_num_threads(1)
 
 
 def _save(run, step, w=0.0, **kw):

@@ -12,7 +12,6 @@ from toolkit.train.config import RecipeError, compose_recipe, list_recipes
 from toolkit.train.logging import read_metrics
 from toolkit.train.trainer import train_recipe
 
-torch.set_num_threads(1)
 RECIPES = sorted(list_recipes())
 
 

@@ -15,7 +15,6 @@ from toolkit.train.config import compose_recipe
 from toolkit.train.logging import read_metrics
 from toolkit.train.trainer import train_recipe
 
-torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[3]
 COMMON = [
     "trainer.max_steps=4", "trainer.checkpoint_every=4", "trainer.val_every=0",

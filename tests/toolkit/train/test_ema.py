@@ -8,7 +8,6 @@ from torch import nn
 
 from toolkit.train.ema import EMA, ema_decay_at
 
-torch.set_num_threads(1)
 
 
 def test_decay_warmup_formula():

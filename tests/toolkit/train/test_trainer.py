@@ -15,7 +15,6 @@ from toolkit.train.logging import read_metrics
 from toolkit.train.tasks import VectorCFMTask
 from toolkit.train.trainer import GlobalBatchSampler, NonFiniteLossError
 
-torch.set_num_threads(1)
 
 
 def _weights(ckpt):
