@@ -20,7 +20,6 @@ from modalities.image.data import (
 )
 
 
-
 def test_same_seed_identical_bytes_different_seed_differs():
     a, attrs_a, caps_a = generate("train", 64, ShapesConfig(seed=3))
     b, attrs_b, caps_b = generate("train", 64, ShapesConfig(seed=3))

@@ -11,7 +11,6 @@ from PIL import Image
 from modalities.image.data import ImageFolderDataset, load_image
 
 
-
 def _write_images(root, n=4, size=(48, 40)):
     """PNG/JPEG files with a known colour each; returns {file_name: caption}."""
     caps = {}

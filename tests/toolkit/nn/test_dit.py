@@ -8,7 +8,6 @@ from conditioners.base import Condition
 from toolkit.losses import cfm_loss
 from toolkit.nn.dit import DiT
 
-
 SMALL = dict(hidden_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 

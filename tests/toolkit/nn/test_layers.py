@@ -17,7 +17,6 @@ from toolkit.nn.layers import (
 from toolkit.nn.seq import block_causal_mask, causal_mask
 
 
-
 def test_param_count_counts_and_respects_trainable_only():
     net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     assert param_count(net) == 3 * 4 + 4 + 4 * 2 + 2

@@ -7,7 +7,6 @@ import torch
 from conditioners.base import Condition
 from toolkit.nn.seq import SeqTransformer, block_causal_mask
 
-
 SMALL = dict(in_dim=5, hidden_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
 
 

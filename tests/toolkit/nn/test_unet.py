@@ -6,7 +6,6 @@ import torch
 from conditioners.base import Condition
 from toolkit.nn.unet import UNet
 
-
 SMALL = dict(base_channels=8, num_res_blocks=1, num_heads=2, groups=4)
 
 

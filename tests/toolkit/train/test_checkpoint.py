@@ -12,7 +12,6 @@ from torch import nn
 from toolkit.train import checkpoint as ck
 
 
-
 def _save(run, step, w=0.0, **kw):
     return ck.save_checkpoint(run, step, model_state={"w": torch.full((2,), w)},
                               ema_state={"w": torch.full((2,), w)},

@@ -9,7 +9,6 @@ from torch import nn
 from toolkit.train.ema import EMA, ema_decay_at
 
 
-
 def test_decay_warmup_formula():
     # d_k = min(decay, 1 - (1 + k / inv_gamma)^-power)
     assert ema_decay_at(1, 0.999, power=1.0) == pytest.approx(0.5)

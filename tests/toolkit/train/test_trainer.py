@@ -16,7 +16,6 @@ from toolkit.train.tasks import VectorCFMTask
 from toolkit.train.trainer import GlobalBatchSampler, NonFiniteLossError
 
 
-
 def _weights(ckpt):
     return load_file(str(ckpt / "model.safetensors")), load_file(str(ckpt / "ema.safetensors"))
 
