@@ -2,6 +2,10 @@
 
 - ``toolkit train recipe=NAME [key=value ...]``: train a recipe (Hydra-style overrides,
   e.g. ``trainer.max_steps=2000 data.root=/my/images resume=latest``).
+- ``toolkit sample checkpoint=RUN_DIR prompt="a red circle at the top left" n=16``: a PNG
+  grid of samples (``prompt=`` may repeat; ``steps= cfg= solver= out= seed=``).
+- ``toolkit eval checkpoint=RUN_DIR [n=500]``: prompt-following accuracy on held-out
+  captions next to the real-image ceiling; writes ``RUN_DIR/eval.json``.
 - ``toolkit recipes``: list the recipes with one-line descriptions.
 - ``toolkit demo2d``: the embedded default main job: train a small flow-matching model on a
   2-D dataset, sample it, and write a plot.
@@ -86,6 +90,77 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_SAMPLE_KEYS = {"checkpoint": str, "prompt": str, "n": int, "steps": int, "cfg": float,
+                "solver": str, "out": str, "seed": int, "ckpt": str}
+_EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float, "solver": str,
+              "seed": int, "batch_size": int, "ckpt": str}
+
+
+def _parse_kv(args: list[str], spec: dict[str, type], cmd: str) -> dict[str, object]:
+    """``key=value`` arguments -> typed dict; ``prompt`` collects repeats and ``[a, b]``."""
+    import difflib
+
+    out: dict[str, object] = {}
+    for a in args:
+        key, eq, val = a.partition("=")
+        if not eq:
+            raise ValueError(f"argument {a!r} is not of the form key=value")
+        if key not in spec:
+            close = difflib.get_close_matches(key, list(spec), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown key {key!r} for `toolkit {cmd}`.{hint} "
+                             f"Valid keys: {', '.join(k for k in spec if k != 'ckpt')}")
+        if key == "prompt":
+            items = [val]
+            if val.startswith("[") and val.endswith("]"):
+                import yaml
+
+                items = [str(v) for v in (yaml.safe_load(val) or [])]
+            out.setdefault("prompt", []).extend(items)  # type: ignore[union-attr]
+            continue
+        try:
+            out[key] = spec[key](val)
+        except ValueError:
+            raise ValueError(f"{key}={val!r}: expected {spec[key].__name__}") from None
+    if "checkpoint" not in out:
+        raise ValueError("missing checkpoint=RUN_DIR (a run directory of `toolkit train`)")
+    return out
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    try:
+        kv = _parse_kv(args.args, _SAMPLE_KEYS, "sample")
+        from modalities.image.sample import sample_run
+
+        path, info = sample_run(
+            kv["checkpoint"], kv.get("prompt", []), int(kv.get("n", 16)),
+            steps=kv.get("steps"), cfg=kv.get("cfg"), solver=kv.get("solver"),
+            out=kv.get("out"), seed=int(kv.get("seed", 0)), checkpoint=kv.get("ckpt", "latest"))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"toolkit sample: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{info['seconds_per_image'] * 1000:.1f} ms/image")
+    print(path)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
+        from modalities.image.sample import evaluate_run, format_eval
+
+        res = evaluate_run(
+            kv["checkpoint"], int(kv.get("n", 500)), steps=kv.get("steps"), cfg=kv.get("cfg"),
+            solver=kv.get("solver"), seed=int(kv.get("seed", 0)),
+            batch_size=int(kv.get("batch_size", 64)), checkpoint=kv.get("ckpt", "latest"))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"toolkit eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_eval(res))
+    print(f"wrote {kv['checkpoint']}/eval.json")
+    return 0
+
+
 _TRAIN_EPILOG = """examples:
   toolkit train recipe=toy2d_cfm
   toolkit train recipe=toy2d_cfm trainer.max_steps=500 data.name=moons run_dir=runs/moons
@@ -94,6 +169,18 @@ _TRAIN_EPILOG = """examples:
   torchrun --nproc_per_node 2 -m toolkit.cli train recipe=toy2d_cfm
 top-level keys: seed, run_dir, resume (latest | checkpoint dir), init_from (run dir);
 groups: trainer.*, model.*, data.*, task.*, sampler.* (see `toolkit recipes`)."""
+
+
+_SAMPLE_EPILOG = """keys: checkpoint=RUN_DIR (required), prompt=TEXT (repeatable, or a list),
+  n=16 (samples per prompt), steps=, cfg= (guidance scale), solver=, seed=0,
+  out=PATH (default RUN_DIR/samples/sample_SEED.png), ckpt=latest|CHECKPOINT_DIR
+example:
+  toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16"""
+
+_EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (held-out captions), steps=, cfg=,
+  solver=, seed=0, batch_size=64, ckpt=latest|CHECKPOINT_DIR
+example:
+  toolkit eval checkpoint=runs/text2img_cfm n=500"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=_cmd_train)
     sub.add_parser("recipes", help="list recipes with one-line descriptions").set_defaults(
         fn=_cmd_recipes)
-    # `sample` and `eval` subcommands arrive with the image modality; they will build on
-    # toolkit.train.checkpoint.load_run(RUN_DIR) -> (model, task, cfg, checkpoint).
+    sa = sub.add_parser(
+        "sample", help='samples as a PNG grid: toolkit sample checkpoint=RUN_DIR prompt="..."',
+        description="Sample a trained text-to-image run into one captioned PNG grid.",
+        epilog=_SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sa.add_argument("args", nargs="*", metavar="key=value")
+    sa.set_defaults(fn=_cmd_sample)
+    ev = sub.add_parser(
+        "eval", help="prompt-following accuracy on held-out captions: checkpoint=RUN_DIR",
+        description="Per-attribute accuracy of samples for held-out captions (unseen "
+                    "compositions) next to real images of the same captions; writes "
+                    "RUN_DIR/eval.json.",
+        epilog=_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("args", nargs="*", metavar="key=value")
+    ev.set_defaults(fn=_cmd_eval)
     sub.add_parser("paths", help="list probability paths").set_defaults(fn=_cmd_paths)
     sub.add_parser("solvers", help="list samplers and their options").set_defaults(fn=_cmd_solvers)
     return p
@@ -140,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides given after an option (`train --dry-run a=1 b=2`)
-        if getattr(args, "command", None) != "train" or any(e.startswith("-") for e in extra):
+        cmd = getattr(args, "command", None)
+        if cmd not in ("train", "sample", "eval") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = list(args.overrides) + extra
+        if cmd == "train":
+            args.overrides = list(args.overrides) + extra
+        else:
+            args.args = list(args.args) + extra
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0

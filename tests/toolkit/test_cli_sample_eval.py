@@ -26,8 +26,10 @@ def _one_thread():
 
 def _tiny(recipe: str, run_dir, *extra: str):
     torch.set_num_threads(1)
-    cfg = compose_recipe(recipe, [*TINY, *TINY_BY_RECIPE.get(recipe, []),
-                                  f"run_dir={run_dir}", *extra])
+    tiny = TINY_BY_RECIPE.get(recipe, [])
+    if "data=imagefolder" in extra:  # no data.n there
+        tiny = [o for o in tiny if not o.startswith("data.")]
+    cfg = compose_recipe(recipe, [*TINY, *tiny, f"run_dir={run_dir}", *extra])
     return train_recipe(cfg)
 
 

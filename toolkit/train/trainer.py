@@ -336,6 +336,21 @@ class Trainer:
                 "run_dir": self.run_dir}
 
 
+def instantiate(node: Any, **kw: Any) -> Any:
+    """``hydra.utils.instantiate`` that re-raises the target's own ValueError / TypeError /
+    OSError (e.g. "data.root is required") instead of Hydra's wrapper around it."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kw)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, ValueError | TypeError | OSError):
+            raise cause from None
+        raise
+
+
 def build(cfg: Any, with_data: bool = True) -> tuple[nn.Module, Task, Any]:
     """Instantiate ``(model, task, dataset)`` from a composed recipe (seeded by ``cfg.seed``).
 
@@ -343,8 +358,6 @@ def build(cfg: Any, with_data: bool = True) -> tuple[nn.Module, Task, Any]:
     ``torch.manual_seed(seed)`` so every process starts from the same weights.
     ``with_data=False`` skips the dataset (returns None for it), e.g. for sampling.
     """
-    from hydra.utils import instantiate
-
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
     dataset = instantiate(cfg.data, _convert_="all") if with_data else None
@@ -359,7 +372,6 @@ def build(cfg: Any, with_data: bool = True) -> tuple[nn.Module, Task, Any]:
 
 def train_recipe(cfg: Any) -> dict[str, Any]:
     """Train a composed recipe (:func:`toolkit.train.config.compose_recipe`) end to end."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from toolkit.train.config import to_yaml

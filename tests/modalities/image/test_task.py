@@ -59,7 +59,7 @@ def test_null_is_learned_and_gets_gradients(task_and_model):
         task.p_drop = 0.1
     assert out["cfg_drop"] == 1.0 and out["loss"].ndim == 0
     # zero-init DiT: loss at init is E||x1 - x0||^2 ~ var(x1) + 1
-    assert 1.0 < float(out["loss"]) < 1.8
+    assert 1.0 < float(out["loss"].detach()) < 1.8
     model.zero_grad()
     out["loss"].backward()
     grads = [p.grad for p in model.net.parameters() if p.grad is not None]
@@ -96,3 +96,25 @@ def test_bad_inputs_are_named(task_and_model):
         imagefolder_dataset(None)
     with pytest.raises(ValueError, match="p_drop"):
         Text2ImgTask(p_drop=1.5)
+
+
+def test_coord_channels_feed_position(task_and_model):
+    task, _ = task_and_model
+    task.coord_channels = True
+    try:
+        with pytest.raises(ValueError, match="model.in_channels=5"):
+            task.wrap_model(DiT(image_size=16, patch_size=4, hidden_dim=32, depth=1,
+                                num_heads=2, pooled_dim=384, token_dim=384))
+        seen = {}
+        net = DiT(in_channels=5, out_channels=3, image_size=16, patch_size=4, hidden_dim=32,
+                  depth=1, num_heads=2, pooled_dim=384, token_dim=384)
+        net.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+        model = task.wrap_model(net)
+        out = model(torch.zeros(2, 3, 16, 16), torch.rand(2))
+    finally:
+        task.coord_channels = False
+    assert out.shape == (2, 3, 16, 16)
+    x = seen["x"]  # (2, 5, 16, 16): channel 3 = x coordinate, 4 = y coordinate
+    assert x.shape == (2, 5, 16, 16)
+    assert torch.allclose(x[0, 3, 0], torch.linspace(-1, 1, 16))
+    assert torch.allclose(x[0, 4, :, 0], torch.linspace(-1, 1, 16))

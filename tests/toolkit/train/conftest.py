@@ -12,7 +12,6 @@ from toolkit.train.config import TrainerConfig
 from toolkit.train.tasks import SamplerSpec, Task, VectorCFMTask, toy2d_dataset
 from toolkit.train.trainer import Trainer
 
-
 #: overrides that make any recipe tiny (2 steps, small batches, no TensorBoard/progress)
 TINY = [
     "trainer.max_steps=2", "trainer.batch_size=4", "trainer.checkpoint_every=2",
@@ -23,7 +22,8 @@ TINY = [
 TINY_BY_RECIPE = {
     "toy2d_cfm": ["model.hidden=16", "model.depth=1", "data.n=64", "task.val_samples=16",
                   "sampler.steps=2"],
-    "text2img_cfm": ["model.hidden_dim=32", "model.depth=1", "model.num_heads=2", "data.n=16",
+    "text2img_cfm": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.num_heads=2",
+                     "data.n=16",
                      "task.val_prompts=2", "task.val_per_prompt=1", "sampler.steps=2"],
 }
 
