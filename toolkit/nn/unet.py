@@ -34,6 +34,7 @@ from toolkit.nn.layers import (
     as_int_tuple,
     check_time,
     param_count,
+    sincos_2d,
     unpack_condition,
 )
 
@@ -78,9 +79,13 @@ class AttnBlock(nn.Module):
     """Self-attention over pixels, then (optionally) cross-attention to context tokens."""
 
     def __init__(
-        self, ch: int, num_heads: int, context_dim: int | None, groups: int, zero_init: bool
+        self, ch: int, num_heads: int, context_dim: int | None, groups: int, zero_init: bool,
+        pos_embed: bool = False,
     ) -> None:
         super().__init__()
+        if pos_embed and ch % 4:
+            raise ValueError(f"UNet: pos_embed needs channels divisible by 4, got {ch}")
+        self.pos_embed = bool(pos_embed)
         self.norm = _norm(ch, groups)
         self.attn = Attention(ch, num_heads)
         self.norm_x = nn.LayerNorm(ch, eps=1e-6) if context_dim else None
@@ -93,10 +98,14 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor, ctx: Tensor | None, ctx_mask: Tensor | None) -> Tensor:
         """``x (B, C, H, W)``, ``ctx (B, S, Dc)``, ``ctx_mask (B, S)`` -> ``(B, C, H, W)``."""
         b, c, hh, ww = x.shape
+        # absolute 2-D position (MAE sin-cos) added to the attention inputs, so that
+        # "top left" in a caption can address pixels: convolutions alone are (nearly)
+        # translation equivariant
+        pos = sincos_2d(hh, ww, c).to(x) if self.pos_embed else 0.0  # (HW, C)
         seq = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-        seq = seq + self.attn(self.norm(x).flatten(2).transpose(1, 2))
+        seq = seq + self.attn(self.norm(x).flatten(2).transpose(1, 2) + pos)
         if self.cross is not None and ctx is not None:
-            seq = seq + self.cross(self.norm_x(seq), ctx, key_mask=ctx_mask)
+            seq = seq + self.cross(self.norm_x(seq) + pos, ctx, key_mask=ctx_mask)
         return seq.transpose(1, 2).reshape(b, c, hh, ww)
 
 
@@ -162,6 +171,7 @@ class UNet(nn.Module):
         groups: int = 32,
         time_scale: float = 1000.0,
         zero_init: bool = True,
+        pos_embed: bool = False,
     ) -> None:
         super().__init__()
         mults = as_int_tuple(channel_mults, None, "channel_mults")
@@ -195,7 +205,7 @@ class UNet(nn.Module):
             return ResBlock(cin, cout, emb, dropout, groups, zero_init)
 
         def attn(ch: int) -> AttnBlock:
-            return AttnBlock(ch, num_heads, ctx_dim, groups, zero_init)
+            return AttnBlock(ch, num_heads, ctx_dim, groups, zero_init, pos_embed)
 
         self.conv_in = nn.Conv2d(self.in_channels, base_channels, 3, padding=1)
         self.down = nn.ModuleList()

@@ -86,3 +86,19 @@ def test_bad_inputs_are_named():
         UNet(channel_mults=(1, 2), attn_levels=(2,), **SMALL)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         UNet(base_channels=6, num_heads=4)
+
+
+def test_pos_embed_option_changes_attention_inputs_only():
+    """``pos_embed`` adds no parameters; with identical weights it changes the output (the
+    attention now sees absolute position); bad widths are refused."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=3, base_channels=8, channel_mults=(1,), num_res_blocks=1,
+              num_heads=2, groups=4, zero_init=False)
+    with_pos, without = UNet(pos_embed=True, **kw), UNet(pos_embed=False, **kw)
+    without.load_state_dict(with_pos.state_dict())  # same parameter set
+    x, t = torch.randn(2, 3, 8, 8), torch.full((2,), 0.5)
+    assert with_pos(x, t).shape == (2, 3, 8, 8)
+    assert not torch.allclose(with_pos(x, t), without(x, t), atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        UNet(in_channels=3, base_channels=6, channel_mults=(1,), num_heads=2, groups=3,
+             pos_embed=True)
