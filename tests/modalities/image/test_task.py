@@ -11,14 +11,6 @@ from toolkit.nn.dit import DiT
 from toolkit.train.tasks import SamplerSpec, StepContext
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def task_and_model():
     task = Text2ImgTask(val_prompts=2, sampler=SamplerSpec(steps=2, guidance_scale=2.0))
