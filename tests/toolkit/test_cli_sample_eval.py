@@ -16,14 +16,6 @@ from toolkit.cli import main
 from toolkit.train import compose_recipe, train_recipe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(recipe: str, run_dir, *extra: str):
     torch.set_num_threads(1)
     tiny = TINY_BY_RECIPE.get(recipe, [])

@@ -7,25 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from toolkit.samplers import ode  # noqa: F401  (registers solvers)
+# importing the solver modules registers their solvers
+from toolkit.samplers import adaptive, extra, multistep, ode, stochastic  # noqa: F401
 from toolkit.samplers.registry import SOLVERS, register, solver_options
-
-try:  # solvers added by later modules register themselves on import
-    from toolkit.samplers import multistep  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from toolkit.samplers import stochastic  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from toolkit.samplers import adaptive  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from toolkit.samplers import extra  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
 
 
 def available() -> list[str]:

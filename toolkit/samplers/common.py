@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from toolkit.field import Denoiser
 
 Callback = Callable[[dict], None] | None
-
-
-def coef(path_fn, t: float | Tensor, like: Tensor) -> float:
-    """A path coefficient at scalar time ``t`` as a Python float (float64 precision)."""
-    return float(path_fn(torch.as_tensor(t, dtype=torch.float64)))
 
 
 def denoise_step(den: Denoiser, x: Tensor, t: float) -> Tensor:
