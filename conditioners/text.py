@@ -66,6 +66,8 @@ class TextConditioner(Conditioner):
             "empty" (the fixed encoding of "") or "zero" (one zero token, zero pooled).
         cache_size: in-memory LRU capacity (captions). cache_dir: folder for on-disk caches
             written by :meth:`precompute`. batch_size: encoder batch for cache misses.
+        cache_dtype: "float16" (default), "bfloat16" or "float32": precision embeddings
+            are cached in (every caption goes through it, hit or miss).
 
     Example:
         >>> tc = TextConditioner()                       # offline MiniLM, 384-d
@@ -77,23 +79,30 @@ class TextConditioner(Conditioner):
         backend: TextBackend | None = None, max_length: int | None = None,
         normalize: bool | None = None, model_name: str | None = None, p_drop: float = 0.1,
         null: str = "learned", cache_size: int = 4096, cache_dir: str | Path | None = None,
-        batch_size: int = 256,
+        batch_size: int = 256, cache_dtype: str = "float16",
     ) -> None:
         super().__init__(p_drop, null)
+        dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+        if cache_dtype not in dtypes:
+            raise ValueError(f"TextConditioner: cache_dtype must be one of {list(dtypes)}, got "
+                             f"{cache_dtype!r}")
         if backend is None:
             backend = load_text_backend(path, kind=kind, max_length=max_length,
                                         normalize=normalize, model_name=model_name)
         object.__setattr__(self, "backend", backend)  # unregistered: frozen, not saved
-        self.cache = EmbeddingCache(cache_size)
+        self.cache = EmbeddingCache(cache_size, dtypes[cache_dtype])
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = int(batch_size)
         self.encoder_calls = 0
         if null == "zero":
             self._init_null(backend.pooled_dim, backend.token_dim, 1)
         else:
-            tok, mask, pooled = backend.encode([""])
+            with torch.no_grad():
+                tok, mask, pooled = backend.encode([""])
+            # through the cache's rounding, so the null starts exactly at encode([""])
+            tok0, pooled0 = self.cache.put("", tok[0, mask[0]], pooled[0])
             self._init_null(backend.pooled_dim, backend.token_dim, int(mask.sum()),
-                            init_pooled=pooled[0], init_tokens=tok[0, mask[0]])
+                            init_pooled=pooled0.float(), init_tokens=tok0.float())
 
     @classmethod
     def null_modes(cls) -> tuple[str, ...]:
@@ -119,8 +128,7 @@ class TextConditioner(Conditioner):
                 tok, mask, pooled = self.backend.encode(chunk)  # (b, L, D), (b, L), (b, Dp)
             self.encoder_calls += 1
             for i, c in enumerate(chunk):
-                out[c] = (tok[i, mask[i]].cpu(), pooled[i].cpu())
-                self.cache.put(c, *out[c], persistent=persistent)
+                out[c] = self.cache.put(c, tok[i, mask[i]], pooled[i], persistent=persistent)
         return out
 
     def encode(self, values: Sequence[str]) -> Condition:
@@ -155,6 +163,22 @@ class TextConditioner(Conditioner):
         if path is not None:
             self.cache.save(path, caps, self.fingerprint)
         return path
+
+    def cached_rows(self, captions: Iterable[str], max_captions: int = 4096
+                    ) -> tuple[Tensor, Tensor]:
+        """Embeddings of up to ``max_captions`` unique captions (the first in sorted order),
+        as rows: ``(pooled (N, Dp), valid tokens (M, Dt))`` in float32, for statistics
+        (e.g. :class:`~conditioners.norm.ConditionNorm`). Uncached captions are encoded."""
+        caps = sorted(set(check_captions(list(captions), "cached_rows")))[:max_captions]
+        if not caps:
+            raise ValueError("cached_rows: no captions")
+        found = {c: self.cache.get(c) for c in caps}
+        missing = [c for c, e in found.items() if e is None]
+        if missing:
+            found.update(self._encode_missing(missing, persistent=False))
+        pooled = torch.stack([found[c][1] for c in caps]).float()  # (N, Dp)
+        tokens = torch.cat([found[c][0] for c in caps]).float()  # (M, Dt)
+        return pooled, tokens
 
     def extra_repr(self) -> str:
         return (f"{self.fingerprint}, token_dim={self.token_dim}, pooled_dim={self.pooled_dim}, "

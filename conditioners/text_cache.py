@@ -8,7 +8,11 @@ embedding every time, so each unique caption is encoded once. Two layers:
   (:meth:`EmbeddingCache.save` / :meth:`EmbeddingCache.load`), checked against the encoder
   fingerprint so a cache made with other weights or settings is never used.
 
-Entries hold only valid tokens ``(n, D)`` and the pooled vector ``(Dp,)``, on the CPU.
+Entries hold only valid tokens ``(n, D)`` and the pooled vector ``(Dp,)``, on the CPU, in
+``storage_dtype`` (float16 by default: half the memory and disk of float32; a 20k-caption
+MiniLM set is ~140 MB instead of ~280 MB). Every embedding goes through the same rounding
+whether it was just encoded or read back from disk, so runs that hit or miss the cache see
+bit-identical conditions (resume stays exact).
 """
 
 from __future__ import annotations
@@ -41,14 +45,19 @@ class EmbeddingCache:
 
     Args:
         max_items: LRU capacity (0 disables the LRU; the persistent store is unbounded).
+        storage_dtype: dtype entries are kept and saved in (float16, bfloat16 or float32).
 
     Attributes: ``hits`` and ``misses`` count lookups.
     """
 
-    def __init__(self, max_items: int = 4096) -> None:
+    def __init__(self, max_items: int = 4096, storage_dtype: torch.dtype = torch.float16) -> None:
         if max_items < 0:
             raise ValueError(f"cache size must be >= 0, got {max_items}")
+        if storage_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"storage_dtype must be float16, bfloat16 or float32, got "
+                             f"{storage_dtype}")
         self.max_items = int(max_items)
+        self.storage_dtype = storage_dtype
         self._lru: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
         self._store: dict[str, tuple[Tensor, Tensor]] = {}
         self.hits = self.misses = 0
@@ -71,9 +80,15 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, caption: str, tokens: Tensor, pooled: Tensor, persistent: bool = False) -> None:
-        """Store one caption's valid tokens ``(n, D)`` and pooled vector ``(Dp,)``."""
-        entry = (tokens.detach().cpu(), pooled.detach().cpu())
+    def put(self, caption: str, tokens: Tensor, pooled: Tensor, persistent: bool = False
+            ) -> tuple[Tensor, Tensor]:
+        """Store one caption's valid tokens ``(n, D)`` and pooled vector ``(Dp,)``.
+
+        Returns the stored entry (on the CPU, in ``storage_dtype``) even when the LRU is off,
+        so callers use exactly what a later cache hit would return.
+        """
+        sd = self.storage_dtype
+        entry = (tokens.detach().to("cpu", sd), pooled.detach().to("cpu", sd))
         if persistent:
             self._store[caption] = entry
             self._lru.pop(caption, None)
@@ -82,6 +97,7 @@ class EmbeddingCache:
             self._lru.move_to_end(caption)
             while len(self._lru) > self.max_items:
                 self._lru.popitem(last=False)
+        return entry
 
     def clear(self) -> None:
         """Drop every entry and reset the counters."""
@@ -141,6 +157,8 @@ class EmbeddingCache:
         caps = json.loads(meta["captions"])
         if len(caps) != lengths.shape[0] or int(lengths.sum()) != tokens.shape[0]:
             raise ValueError(f"text embedding cache {str(path)!r} is corrupt (sizes differ)")
+        sd = self.storage_dtype
+        tokens, pooled = tokens.to(sd), pooled.to(sd)
         for c, tok, p in zip(caps, torch.split(tokens, lengths.tolist(), 0), pooled, strict=True):
             self._store[c] = (tok, p)
         return len(caps)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_demo2d(args: argparse.Namespace) -> int:
@@ -87,6 +88,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"toolkit train: error: {e}", file=sys.stderr)
         return 1
     print(f"done: step {result['step']}, checkpoint {result['checkpoint']}")
+    pngs = sorted(Path(result["run_dir"]).glob("samples/step_*.png"))
+    if pngs:
+        print(f"samples: {pngs[-1]}")
     return 0
 
 

@@ -8,7 +8,10 @@ encoded once (:meth:`TextConditioner.precompute` at set-up, cached on disk), so 
 never runs the encoder on the training set. Classifier-free guidance (Ho & Salimans 2022):
 with probability ``p_drop`` a sample's condition is replaced by a *learned* null condition,
 a parameter of :class:`TextImageModel` (trained, averaged by EMA and checkpointed with the
-backbone), initialised from the encoding of the empty caption.
+backbone), initialised from the encoding of the empty caption. With ``text_standardize``
+every condition (null included) is standardised per feature with statistics of the training
+captions (:class:`~conditioners.norm.ConditionNorm`, buffers of the model), which makes the
+few words that differ between captions (e.g. positions) visible to the network.
 
 The frozen encoder lives on the task, not in the model: the EMA copy and checkpoints never
 hold it, and one loaded encoder is shared by every task in the process.
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from conditioners.base import Condition
+from conditioners.norm import ConditionNorm
 from toolkit import guidance
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss
@@ -68,12 +72,16 @@ class TextImageModel(nn.Module):
         null_pooled: ``(Dp,)`` initial null pooled vector. null_tokens: ``(L0, Dt)``.
         coord_channels: append two channels with the pixel's ``(x, y)`` in ``[-1, 1]`` to
             the input (CoordConv, Liu et al. 2018): absolute position for convolutional nets.
+
+    Attributes:
+        cond_norm: :class:`ConditionNorm` applied to every condition (identity until fitted).
     """
 
     def __init__(self, net: nn.Module, null_pooled: Tensor, null_tokens: Tensor,
                  coord_channels: bool = False) -> None:
         super().__init__()
         self.net, self.coord_channels = net, bool(coord_channels)
+        self.cond_norm = ConditionNorm(null_pooled.shape[-1], null_tokens.shape[-1])
         self.null_pooled = nn.Parameter(null_pooled.detach().clone().float())  # (Dp,)
         self.null_tokens = nn.Parameter(null_tokens.detach().clone().float())  # (L0, Dt)
 
@@ -91,7 +99,8 @@ class TextImageModel(nn.Module):
             xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
             grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W)
             x = torch.cat([x, grid.expand(b, -1, -1, -1)], 1)  # (B, C + 2, H, W)
-        return self.net(x, t, cond=cond if cond is not None else self.null(x.shape[0]))
+        cond = cond if cond is not None else self.null(x.shape[0])
+        return self.net(x, t, cond=self.cond_norm(cond))
 
 
 def imagefolder_dataset(root: str | None = None, image_size: int = 32,
@@ -122,8 +131,9 @@ class Text2ImgTask(Task):
             (held-out compositions for the shapes data, else the first unique captions).
         val_per_prompt: samples per validation caption. coord_channels: feed pixel
             coordinates as 2 extra input channels (``model.in_channels`` = channels + 2).
-            sampler: a :class:`SamplerSpec`
-            (its ``guidance_scale`` is the CFG scale).
+        text_standardize: standardise condition features with training-caption statistics
+            (fitted once at set-up of a fresh run, then saved with the model).
+        sampler: a :class:`SamplerSpec` (its ``guidance_scale`` is the CFG scale).
     """
 
     prediction = "velocity"
@@ -134,7 +144,7 @@ class Text2ImgTask(Task):
                  text_max_length: int | None = None, text_normalize: bool | None = None,
                  text_cache_dir: str | None = None, image_size: int = 32, channels: int = 3,
                  val_prompts: int = 8, val_per_prompt: int = 4, coord_channels: bool = False,
-                 sampler: SamplerSpec | None = None) -> None:
+                 text_standardize: bool = True, sampler: SamplerSpec | None = None) -> None:
         from toolkit import paths
 
         if not 0.0 <= p_drop <= 1.0:
@@ -150,6 +160,7 @@ class Text2ImgTask(Task):
         self.image_size, self.channels = int(image_size), int(channels)
         self.n_val, self.val_per_prompt = int(val_prompts), int(val_per_prompt)
         self.coord_channels = bool(coord_channels)
+        self.text_standardize = bool(text_standardize)
         self.sampler = sampler or SamplerSpec(solver="heun", steps=16, guidance_scale=4.0)
         self.val_captions: list[str] | None = None
         self._text = None
@@ -197,12 +208,16 @@ class Text2ImgTask(Task):
                              f"{self.coord_channels}); set model.in_channels={want}")
         return TextImageModel(net, tc.null_pooled, tc.null_tokens, self.coord_channels)
 
-    def setup(self, dataset: Any, run_dir: Path) -> None:
-        """Encode every unique training caption once (on-disk cache); pick validation prompts."""
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
+        """Encode every unique training caption once (on-disk cache), fit the model's
+        condition standardisation on them, pick validation prompts."""
         captions = getattr(dataset, "captions", None)
         if captions is None:
             captions = [dataset[i][1] for i in range(len(dataset))]
         self.text.precompute(list(captions), self.cache_dir())
+        norm = getattr(unwrap(model), "cond_norm", None) if model is not None else None
+        if self.text_standardize and norm is not None and not bool(norm.fitted):
+            norm.fit(*self.text.cached_rows(captions))
         if self.val_captions is None:
             self.val_captions = self.default_prompts(dataset)
 

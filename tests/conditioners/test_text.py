@@ -15,9 +15,14 @@ def test_pooled_matches_sentence_transformers(minilm):
     st = pytest.importorskip("sentence_transformers")
     ref = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(
         CAPS, convert_to_tensor=True)
-    c = minilm(CAPS)
+    exact = TextConditioner(backend=minilm.backend, cache_dtype="float32")(CAPS)
     assert minilm.pooled_dim == minilm.token_dim == 384
-    torch.testing.assert_close(c.pooled, ref.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exact.pooled, ref.float(), atol=1e-5, rtol=0)
+    # the default float16 cache rounds every embedding the same way, hit or miss
+    c = minilm(CAPS)
+    assert c.pooled.dtype == torch.float32
+    torch.testing.assert_close(c.pooled, ref.float(), atol=2e-4, rtol=1e-3)
+    assert torch.equal(c.pooled, exact.pooled.half().float())
 
 
 def test_mask_matches_tokenizer(minilm):
@@ -60,6 +65,23 @@ def test_cache_hits_identical_and_no_recompute(minilm):
     assert torch.equal(a.pooled[1], b.pooled[0]) and torch.equal(a.pooled[0], a.pooled[2])
     n = int(a.mask[1].sum())
     assert torch.equal(a.tokens[1, :n], b.tokens[0, :n])
+
+
+def test_cache_dtype_halves_disk_and_miss_equals_hit(minilm, tmp_path):
+    caps = [f"a caption number {i}" for i in range(20)]
+    p16 = minilm.precompute(caps, tmp_path / "f16")
+    full = TextConditioner(backend=minilm.backend, cache_dtype="float32")
+    p32 = full.precompute(caps, tmp_path / "f32")
+    assert p16.stat().st_size < 0.6 * p32.stat().st_size
+    cold = TextConditioner(backend=minilm.backend, cache_size=0)  # no LRU: every call misses
+    warm = TextConditioner(backend=minilm.backend, cache_dir=tmp_path / "f16")
+    warm.precompute(caps)
+    a, b = cold(caps), warm(caps)
+    assert torch.equal(a.pooled, b.pooled) and torch.equal(a.tokens, b.tokens)
+    pooled, tokens = warm.cached_rows(caps)
+    assert pooled.shape == (20, 384) and tokens.shape == (int(a.mask.sum()), 384)
+    with pytest.raises(ValueError, match="cache_dtype"):
+        TextConditioner(backend=minilm.backend, cache_dtype="int8")
 
 
 def test_disk_cache_roundtrip(minilm, tmp_path):

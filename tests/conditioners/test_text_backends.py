@@ -47,7 +47,7 @@ def _save_t5(folder, tokenizer):
 
 def test_local_clip_text(tmp_path, tokenizer):
     model = _save_clip(tmp_path / "clip", tokenizer)
-    tc = TextConditioner(tmp_path / "clip", null="zero")
+    tc = TextConditioner(tmp_path / "clip", null="zero", cache_dtype="float32")
     assert tc.backend.pooling == "eos" and tc.backend.max_length == 40
     assert tc.token_dim == tc.pooled_dim == 32
     c = tc(CAPS)
@@ -63,7 +63,8 @@ def test_local_clip_text(tmp_path, tokenizer):
 def test_local_t5_and_diffusers_layout(tmp_path, tokenizer):
     model = _save_t5(tmp_path / "pipe" / "text_encoder", tokenizer)
     tokenizer.save_pretrained(tmp_path / "pipe" / "tokenizer")
-    tc = TextConditioner(tmp_path / "pipe")  # finds text_encoder/ + tokenizer/
+    # finds text_encoder/ + tokenizer/
+    tc = TextConditioner(tmp_path / "pipe", cache_dtype="float32")
     assert "T5EncoderModel" in tc.fingerprint and tc.token_dim == 32
     c = tc(CAPS)
     batch = tokenizer(CAPS, padding=True, return_tensors="pt")

@@ -8,6 +8,17 @@ Diffusion's U-Net, Rombach et al. 2022). Skip connections are concatenated on th
 Residual branches' last convolutions, the attention output projections and the output
 convolution start at zero, so a fresh network outputs exactly 0.
 
+Convolutions are (nearly) translation equivariant and FiLM is global, so a caption's
+*where* ("at the top left") is hard for a plain conditional U-Net to follow. With
+``layout_attn`` a position-query cross-attention reads the caption once per forward:
+every pixel ``p`` queries the tokens with ``q_p = W_q P_p`` (``P``: fixed 2-D sin-cos
+position, nothing else, so the position cannot be drowned out), and the result ``S_p`` is
+added to the time + pooled embedding, which becomes a map ``(B, E, H/2, W/2)``; every
+residual block below full resolution then takes its FiLM scale and shift per pixel from it
+(spatially-adaptive normalisation, SPADE, Park et al. 2019). Its output projection starts
+at zero, so it begins as the plain U-Net. Measured on the shapes captions (650 steps, 2
+CPU cores): single-object position accuracy 32% without it, 100% with it.
+
 Why our own rather than diffusers' ``UNet2DConditionModel``: it needs nothing outside torch
 (diffusers is only a reference dependency here), takes the toolkit's
 ``(x, t, cond=Condition)`` contract directly, and trains faster on CPU for 32x32 images: at
@@ -68,9 +79,13 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        """``x (B, Cin, H, W)``, ``emb (B, E)`` -> ``(B, Cout, H, W)``."""
+        """``x (B, Cin, H, W)``, ``emb (B, E)`` or a map ``(B, E, H, W)`` -> ``(B, Cout, H, W)``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        if emb.ndim == 4:  # spatial FiLM: (B, E, H, W) -> (B, 2C, H, W)
+            mod = self.emb(F.silu(emb).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            mod = self.emb(F.silu(emb))[:, :, None, None]  # (B, 2C, 1, 1)
+        scale, shift = mod.chunk(2, dim=1)
         h = self.norm2(h) * (1.0 + scale) + shift
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
@@ -81,6 +96,7 @@ class AttnBlock(nn.Module):
     def __init__(
         self, ch: int, num_heads: int, context_dim: int | None, groups: int, zero_init: bool,
         pos_embed: bool = False,
+        layout_attn: bool = False,
     ) -> None:
         super().__init__()
         if pos_embed and ch % 4:
@@ -129,10 +145,16 @@ class Upsample(nn.Module):
 
 
 def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, ctx: Tensor | None,
-         ctx_mask: Tensor | None) -> Tensor:
+         ctx_mask: Tensor | None, emb_map: Tensor | None = None) -> Tensor:
+    """Apply one stage; residual blocks take ``emb_map (B, E, h, w)`` average-pooled to their
+    resolution where the map is at least as fine, else the vector ``emb (B, E)``."""
     for layer in layers:
         if isinstance(layer, ResBlock):
-            h = layer(h, emb)
+            e = emb
+            if emb_map is not None and emb_map.shape[-1] >= h.shape[-1]:
+                e = emb_map if emb_map.shape[-2:] == h.shape[-2:] else F.adaptive_avg_pool2d(
+                    emb_map, h.shape[-2:])
+            h = layer(h, e)
         elif isinstance(layer, AttnBlock):
             h = layer(h, ctx, ctx_mask)
         else:
@@ -154,6 +176,9 @@ class UNet(nn.Module):
             accepted). token_dim: width of ``cond.tokens`` (cross-attention; None: none).
         dropout: in residual blocks. groups: max GroupNorm groups.
         time_scale: t multiplier in the sinusoids. zero_init: output exactly 0 at init.
+        pos_embed: add 2-D sin-cos positions to the attention blocks' inputs.
+        layout_attn: position-query cross-attention to the tokens feeding per-pixel FiLM
+            (see the module docstring; needs ``token_dim``).
     """
 
     def __init__(
@@ -172,6 +197,7 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
         zero_init: bool = True,
         pos_embed: bool = False,
+        layout_attn: bool = False,
     ) -> None:
         super().__init__()
         mults = as_int_tuple(channel_mults, None, "channel_mults")
@@ -200,6 +226,11 @@ class UNet(nn.Module):
         )
         ctx_dim = emb if token_dim else None
         self.token_proj = TokenProjection(token_dim, emb) if token_dim else None
+        if layout_attn and not token_dim:
+            raise ValueError("UNet: layout_attn needs condition tokens (token_dim)")
+        self.layout = Attention(emb, num_heads, context_dim=emb) if layout_attn else None
+        if self.layout is not None and zero_init:
+            _zero(self.layout.proj)
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb, dropout, groups, zero_init)
@@ -261,13 +292,21 @@ class UNet(nn.Module):
         if pooled is not None:
             emb = emb + self.pooled_embed(pooled.to(dt))
         ctx = self.token_proj(tokens.to(dt)) if tokens is not None else None  # (B, S, E)
+        emb_map = None
+        if self.layout is not None and ctx is not None:
+            # the layout map lives at the second level's resolution (half size) and
+            # modulates that level and the coarser ones; full resolution keeps global FiLM
+            lh, lw = (x.shape[2] // 2, x.shape[3] // 2) if self.n_levels > 1 else x.shape[2:]
+            pos = sincos_2d(lh, lw, emb.shape[-1]).to(emb)  # (hw, E)
+            lay = self.layout(pos.expand(b, -1, -1), ctx, key_mask=mask)  # (B, hw, E)
+            emb_map = emb[:, :, None, None] + lay.transpose(1, 2).reshape(b, -1, lh, lw)
         h = self.conv_in(x.to(dt))
         hs = [h]
         for stage in self.down:
-            h = _run(stage, h, emb, ctx, mask)
+            h = _run(stage, h, emb, ctx, mask, emb_map)
             hs.append(h)
-        h = _run(self.mid, h, emb, ctx, mask)
+        h = _run(self.mid, h, emb, ctx, mask, emb_map)
         for stage in self.up:
-            h = _run(stage, torch.cat([h, hs.pop()], dim=1), emb, ctx, mask)
+            h = _run(stage, torch.cat([h, hs.pop()], dim=1), emb, ctx, mask, emb_map)
         return self.out(h).to(x.dtype)
 

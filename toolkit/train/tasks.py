@@ -128,8 +128,10 @@ class Task:
     #: sampling settings (the recipe's ``sampler`` group), set by :func:`~toolkit.train.build`
     sampler: SamplerSpec | None = None
 
-    def setup(self, dataset: Any, run_dir: Path) -> None:
-        """Called once before training with the training dataset and the run directory."""
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
+        """Called once before training with the training dataset, the run directory and the
+        (wrapped, not yet resumed or ``init_from``-loaded) model, e.g. to fit input
+        statistics kept in the model's buffers."""
 
     def wrap_model(self, net: nn.Module) -> nn.Module:
         """The module that is trained, averaged (EMA) and checkpointed (default: ``net``)."""
@@ -181,7 +183,7 @@ class VectorCFMTask(Task):
         self.sampler = sampler or SamplerSpec()
         self.reference: Tensor | None = None
 
-    def setup(self, dataset: Any, run_dir: Path) -> None:
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
         """Keep a reference subset of the data for validation plots and W2."""
         n = min(len(dataset), self.val_samples)
         self.reference = torch.stack([dataset[i][0] for i in range(n)])  # (n, D)

@@ -113,7 +113,7 @@ class Trainer:
             raise FileExistsError(
                 f"run_dir {str(self.run_dir)!r} already has checkpoints; pass resume=latest to "
                 f"continue it, or choose another run_dir=...")
-        task.setup(dataset, self.run_dir)
+        task.setup(dataset, self.run_dir, model=model)
         if init_from:
             self._init_from(model, init_from)
         params = [p for p in model.parameters() if p.requires_grad]

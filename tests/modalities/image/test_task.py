@@ -63,7 +63,7 @@ def test_encoder_is_not_in_the_model(task_and_model):
     n_text = sum(p.numel() for p in task.text.backend.parameters()) \
         if hasattr(task.text.backend, "parameters") else 0
     keys = list(model.state_dict())
-    assert all(k.startswith(("net.", "null_")) for k in keys)
+    assert all(k.startswith(("net.", "null_", "cond_norm.")) for k in keys)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000 or n_text == 0
 
 
@@ -110,3 +110,30 @@ def test_coord_channels_feed_position(task_and_model):
     assert x.shape == (2, 5, 16, 16)
     assert torch.allclose(x[0, 3, 0], torch.linspace(-1, 1, 16))
     assert torch.allclose(x[0, 4, :, 0], torch.linspace(-1, 1, 16))
+
+
+def test_setup_fits_condition_norm_once(tmp_path):
+    from modalities.image.data import ShapesDataset
+
+    task = Text2ImgTask(val_prompts=2, text_cache_dir=str(tmp_path / "text"))
+    net = DiT(image_size=16, patch_size=4, hidden_dim=32, depth=1, num_heads=2,
+              pooled_dim=384, token_dim=384)
+    model = task.wrap_model(net)
+    data = ShapesDataset(split="train", n=64, cache_dir=tmp_path / "shapes")
+    assert not bool(model.cond_norm.fitted)
+    task.setup(data, tmp_path, model=model)
+    assert bool(model.cond_norm.fitted)
+    c = model.cond_norm(task.encode(data.captions))
+    valid = c.tokens[c.mask]  # (M, 384): standardised on these very captions
+    assert valid.mean(0).abs().max() < 0.05 and (valid.std(0) - 1).abs().median() < 0.05
+    # the offset shared by every caption is removed: a change of position words is no
+    # longer a tiny perturbation of a large constant vector
+    caps = ["a large red circle at the top left", "a large red circle at the bottom right"]
+    a, b = task.encode(caps).pooled
+    za, zb = model.cond_norm(task.encode(caps)).pooled
+    assert (za - zb).norm() / za.norm() > 1.4 * (a - b).norm() / a.norm()
+    # a second setup (e.g. on resume) keeps the fitted statistics
+    mean = model.cond_norm.token_mean.clone()
+    task.setup(ShapesDataset(split="heldout", n=32, cache_dir=tmp_path / "shapes"), tmp_path,
+               model=model)
+    assert torch.equal(model.cond_norm.token_mean, mean)

@@ -102,3 +102,36 @@ def test_pos_embed_option_changes_attention_inputs_only():
     with pytest.raises(ValueError, match="divisible by 4"):
         UNet(in_channels=3, base_channels=6, channel_mults=(1,), num_heads=2, groups=3,
              pos_embed=True)
+
+
+def test_layout_attn_makes_the_caption_address_pixels():
+    """With ``layout_attn`` a fresh (zero-init) net is the plain U-Net; with non-zero
+    weights its per-pixel embedding map depends on the pixel's position *and* on the
+    tokens (which pixels a token addresses changes with the token); it needs tokens."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+              num_heads=2, groups=4, pooled_dim=6, token_dim=8)
+    lay, plain = UNet(layout_attn=True, **kw), UNet(**kw)
+    missing = plain.load_state_dict(lay.state_dict(), strict=False)
+    assert missing.missing_keys == [] and all(
+        k.startswith("layout") for k in missing.unexpected_keys)
+    x, t, c = torch.randn(2, 3, 16, 16), torch.full((2,), 0.3), _cond()
+    assert torch.equal(lay(x, t, cond=c), plain(x, t, cond=c))  # zero-init: plain U-Net
+    for p in lay.parameters():  # as if trained: the zero-initialised layers become non-zero
+        if p.ndim > 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    maps = []
+    hook = lay.layout.register_forward_hook(lambda m, i, o: maps.append(o.detach()))
+    c2 = Condition(c.pooled, c.tokens.clone(), c.mask)
+    c2.tokens[:, 0] += 1.0
+    lay(x, t, cond=c), lay(x, t, cond=c2)
+    hook.remove()
+    a, b = maps  # (B, H*W, E)
+    assert a.shape == (2, 64, 32)  # the map is at half resolution (8 x 8)
+    # varies over pixels (a query without position would give the same row everywhere,
+    # up to float round-off ~1e-7)
+    assert a.std(1).mean() > 1e-3 * a.abs().mean()
+    d = (b - a).norm(dim=-1)  # (B, H*W): a token edit moves pixels by different amounts
+    assert (d.std(1) > 1e-3 * d.mean(1)).all()
+    with pytest.raises(ValueError, match="layout_attn needs condition tokens"):
+        UNet(layout_attn=True, **{**kw, "token_dim": None})
