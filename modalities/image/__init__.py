@@ -1,5 +1,6 @@
-"""Image modality: the captioned shapes dataset, its attribute classifier (prompt-following
-metric) and the imagefolder loader for fine-tuning on custom captioned images."""
+"""Image modality: datasets (captioned shapes, MNIST, 8x8 digits, image folders), codecs
+(pixel, KL-VAE, VQ-VAE / FSQ, local diffusers autoencoders), the shapes attribute classifier
+(prompt-following metric) and sample-quality metrics (FD-local, precision / recall)."""
 
 from modalities.image.attributes import (
     AttributeClassifier,
@@ -9,6 +10,8 @@ from modalities.image.attributes import (
     real_ceiling,
     train_classifier,
 )
+from modalities.image.codec import KLVAE, Codec, PixelCodec, check_latent_shape
+from modalities.image.codec_io import DiffusersCodec, load_codec, load_codec_dir, save_codec
 from modalities.image.data import (
     ShapesConfig,
     ShapesDataset,
@@ -19,10 +22,14 @@ from modalities.image.data import (
     parse_caption,
 )
 from modalities.image.folder import ImageFolderDataset
+from modalities.image.mnist import DigitsDataset, MNISTDataset, load_mnist
+from modalities.image.vq import FSQ, VQVAE
 
 __all__ = [
-    "AttributeClassifier", "ClassifierConfig", "ImageFolderDataset", "ShapesConfig",
-    "ShapesDataset", "caption", "evaluate", "heldout_pairs", "heldout_prompts",
-    "load_or_train_classifier", "load_split", "parse_caption", "real_ceiling",
+    "FSQ", "KLVAE", "VQVAE", "AttributeClassifier", "ClassifierConfig", "Codec",
+    "DiffusersCodec", "DigitsDataset", "ImageFolderDataset", "MNISTDataset", "PixelCodec",
+    "ShapesConfig", "ShapesDataset", "caption", "check_latent_shape", "evaluate",
+    "heldout_pairs", "heldout_prompts", "load_codec", "load_codec_dir", "load_mnist",
+    "load_or_train_classifier", "load_split", "parse_caption", "real_ceiling", "save_codec",
     "train_classifier",
 ]
