@@ -25,6 +25,13 @@ TINY_BY_RECIPE = {
     "text2img_cfm": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.num_heads=2",
                      "data.n=16",
                      "task.val_prompts=2", "task.val_per_prompt=1", "sampler.steps=2"],
+    "class2img_cfm": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.num_heads=2",
+                      "model.pooled_dim=16", "data.n=16", "task.val_per_class=1",
+                      "sampler.steps=2"],
+    "vae_train": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4",
+                  "data.n=16", "task.val_images=2"],
+    "vq_train": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4",
+                 "model.codebook_size=16", "data.n=16", "task.val_images=2"],
 }
 
 

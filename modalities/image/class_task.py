@@ -1,0 +1,155 @@
+"""Class-conditional image flow matching: the task behind ``recipe=class2img_cfm``.
+
+Rectified flow (Liu et al. 2023; Lipman et al. 2023) in pixel space: ``x_t = t x1 +
+(1 - t) x0`` and the network regresses ``u = x1 - x0``. The class label is embedded by a
+:class:`~conditioners.class_label.ClassConditioner` owned by the model (its last row is the
+learned null class of classifier-free guidance, Ho & Salimans 2022; DiT, Peebles & Xie 2023,
+sec. 3.2) and reaches the backbone as ``Condition(pooled=(B, D))`` (FiLM / AdaLN).
+Sampling: any toolkit solver on ``guidance.cfg(model, w, cond={"y": y}, uncond={"y": null})``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from conditioners.class_label import ClassConditioner
+from toolkit import guidance
+from toolkit import timesteps as timesteps_mod
+from toolkit.losses import cfm_loss
+from toolkit.sampling import sample
+from toolkit.train.tasks import SamplerSpec, StepContext, Task
+
+__all__ = ["ClassImageModel", "Class2ImgTask"]
+
+
+class ClassImageModel(nn.Module):
+    """A backbone ``net(x, t, cond=Condition)`` plus its class embedding (null included).
+
+    ``forward(x (B,C,H,W), t (B,), y (B,) long) -> (B,C,H,W)``; ``y == num_classes`` (or
+    ``y=None``) selects the null class.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.net = net
+        self.classes = ClassConditioner(num_classes, dim, p_drop=0.0)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes K (label K is the null class)."""
+        return self.classes.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Velocity for noisy images ``x`` at times ``t`` given labels ``y``."""
+        if y is None:
+            y = self.classes.null_labels(x.shape[0])
+        return self.net(x, t, cond=self.classes.encode(y.to(x.device)))
+
+
+class Class2ImgTask(Task):
+    """Class-conditional rectified-flow CFM on images (see the module docstring).
+
+    Batches are ``(images (B,C,H,W) in [-1,1], labels (B,), ...)``.
+
+    Args:
+        num_classes: K. path / t_sampler / t_sampler_kwargs: probability path and time
+            sampler. p_drop: CFG label dropout (to the null class).
+        image_size / channels: sample shape. val_per_class: samples per class at validation.
+        sampler: a :class:`SamplerSpec` (its ``guidance_scale`` is the CFG scale).
+    """
+
+    prediction = "velocity"
+
+    def __init__(self, num_classes: int = 10, path: str = "linear",
+                 t_sampler: str = "logit_normal", t_sampler_kwargs: dict[str, Any] | None = None,
+                 p_drop: float = 0.1, image_size: int = 32, channels: int = 1,
+                 val_per_class: int = 8, sampler: SamplerSpec | None = None) -> None:
+        from toolkit import paths
+
+        if num_classes < 1 or not 0.0 <= p_drop <= 1.0:
+            raise ValueError(f"task.num_classes must be >= 1 and task.p_drop in [0, 1], got "
+                             f"{num_classes}, {p_drop}")
+        if min(image_size, channels, val_per_class) < 1:
+            raise ValueError("task.image_size, channels and val_per_class must be >= 1")
+        self.num_classes, self.p_drop = int(num_classes), float(p_drop)
+        self.path = paths.get(path)
+        self.t_sampler = timesteps_mod.get(t_sampler, **dict(t_sampler_kwargs or {}))
+        self.image_size, self.channels = int(image_size), int(channels)
+        self.val_per_class = int(val_per_class)
+        self.sampler = sampler or SamplerSpec(solver="heun", steps=16, guidance_scale=2.0)
+
+    def wrap_model(self, net: nn.Module) -> ClassImageModel:
+        """Backbone + class embedding of width ``net.pooled_dim``."""
+        dim = getattr(net, "pooled_dim", None)
+        if not dim:
+            raise ValueError("the model needs a pooled condition input for class labels; set "
+                             "model.pooled_dim (e.g. 128)")
+        if getattr(net, "in_channels", self.channels) != self.channels:
+            raise ValueError(f"model.in_channels={net.in_channels} but the images have "
+                             f"{self.channels} channels (task.channels)")
+        return ClassImageModel(net, self.num_classes, int(dim))
+
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
+        """Checks that the data's labels fit ``num_classes``."""
+        k = getattr(dataset, "num_classes", None)
+        if k is not None and int(k) != self.num_classes:
+            raise ValueError(f"the dataset has {k} classes but task.num_classes="
+                             f"{self.num_classes}")
+
+    def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Tensor]:
+        """Flow-matching loss; labels dropped to the null class with probability ``p_drop``."""
+        if not isinstance(batch, list | tuple) or len(batch) < 2:
+            raise ValueError("Class2ImgTask expects batches (images, labels, ...)")
+        x1, y = batch[0], torch.as_tensor(batch[1]).long()
+        if x1.ndim != 4 or x1.shape[1] != self.channels:
+            raise ValueError(f"Class2ImgTask expects images (B, {self.channels}, H, W), got "
+                             f"{tuple(x1.shape)}")
+        if y.shape != (x1.shape[0],) or int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ValueError(f"labels must be (B,) in [0, {self.num_classes}), got shape "
+                             f"{tuple(y.shape)}, range [{int(y.min())}, {int(y.max())}]")
+        b = x1.shape[0]
+        drop = ctx.bernoulli(self.p_drop, b).to(y.device)  # (B,)
+        y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        x0 = ctx.randn(x1.shape, dtype=x1.dtype).to(x1.device)  # (B, C, H, W)
+        t = ctx.sample_t(self.t_sampler, b, dtype=x1.dtype).to(x1.device)  # (B,)
+        out = cfm_loss(model, x1, x0, path=self.path, t=t, cond={"y": y})
+        return {"loss": out.loss, "cfg_drop": drop.float().mean()}
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, labels: Tensor | int, generator: torch.Generator, *,
+                 guidance_scale: float | None = None, solver: str | None = None,
+                 steps: int | None = None, batch_size: int = 256) -> Tensor:
+        """Images ``(n, C, H, W)`` in ``[-1, 1]`` for class ``labels (n,)`` (an int ``n``:
+        classes ``0, 1, ..., K-1, 0, ...``)."""
+        spec = self.sampler
+        w = spec.guidance_scale if guidance_scale is None else float(guidance_scale)
+        device = next(model.parameters()).device
+        if isinstance(labels, int):
+            labels = torch.arange(labels) % self.num_classes
+        labels = torch.as_tensor(labels).long()
+        x0 = torch.randn(len(labels), self.channels, self.image_size, self.image_size,
+                         generator=generator)  # (n, C, H, W)
+        out = []
+        for s in range(0, len(labels), batch_size):
+            y = labels[s:s + batch_size].to(device)
+            guided = guidance.cfg(model, w, cond={"y": y},
+                                  uncond={"y": torch.full_like(y, self.num_classes)})
+            out.append(sample(guided, x0[s:s + batch_size].to(device), path=self.path,
+                              prediction=self.prediction, solver=solver or spec.solver,
+                              steps=steps or spec.steps, grid=spec.grid,
+                              **dict(spec.options)).clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def validate(self, model: nn.Module, step: int, out_dir: Path,
+                 generator: torch.Generator) -> dict[str, float]:
+        """``out_dir/step_N.png``: one column per class, ``val_per_class`` rows."""
+        from toolkit.train.logging import save_image_grid
+
+        labels = torch.arange(self.num_classes).repeat(self.val_per_class)
+        x = self.generate(model, labels, generator)
+        save_image_grid(x, out_dir / f"step_{step:08d}.png", nrow=self.num_classes)
+        return {}
