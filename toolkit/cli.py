@@ -148,9 +148,31 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_task(run_dir: str) -> str:
+    """The ``task._target_`` of a run directory's ``config.yaml`` ("" when unreadable)."""
+    try:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.load(Path(run_dir) / "config.yaml").task._target_)
+    except Exception:  # noqa: BLE001 - the evaluator reports missing/bad runs itself
+        return ""
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
+        if _run_task(kv["checkpoint"]).endswith("Class2ImgTask"):
+            from modalities.image.class_eval import evaluate_class_run
+            from modalities.image.metrics import format_report
+
+            res = evaluate_class_run(
+                kv["checkpoint"], int(kv.get("n", 1000)), steps=kv.get("steps"),
+                cfg=kv.get("cfg"), solver=kv.get("solver"), seed=int(kv.get("seed", 0)),
+                batch_size=int(kv.get("batch_size", 250)), checkpoint=kv.get("ckpt", "latest"))
+            print(format_report(res))
+            print(f"sampling: {1e3 * res['seconds_per_image']:.1f} ms/image")
+            print(f"wrote {kv['checkpoint']}/eval.json")
+            return 0
         from modalities.image.sample import evaluate_run, format_eval
 
         res = evaluate_run(
@@ -181,10 +203,14 @@ _SAMPLE_EPILOG = """keys: checkpoint=RUN_DIR (required), prompt=TEXT (repeatable
 example:
   toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16"""
 
-_EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (held-out captions), steps=, cfg=,
-  solver=, seed=0, batch_size=64, ckpt=latest|CHECKPOINT_DIR
-example:
-  toolkit eval checkpoint=runs/text2img_cfm n=500"""
+_EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out captions;
+  class2img: 1000 class-balanced samples), steps=, cfg=, solver=, seed=0, batch_size=,
+  ckpt=latest|CHECKPOINT_DIR
+text2img runs: per-attribute prompt-following accuracy vs real images;
+class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID)
+examples:
+  toolkit eval checkpoint=runs/text2img_cfm n=500
+  toolkit eval checkpoint=runs/class2img_cfm n=1000"""
 
 
 def build_parser() -> argparse.ArgumentParser:
