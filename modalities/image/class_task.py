@@ -17,10 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from conditioners.class_label import ClassConditioner
-from toolkit import guidance
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss
-from toolkit.sampling import sample
 from toolkit.train.tasks import SamplerSpec, StepContext, Task
 
 __all__ = ["ClassImageModel", "Class2ImgTask"]
@@ -136,12 +134,10 @@ class Class2ImgTask(Task):
         out = []
         for s in range(0, len(labels), batch_size):
             y = labels[s:s + batch_size].to(device)
-            guided = guidance.cfg(model, w, cond={"y": y},
-                                  uncond={"y": torch.full_like(y, self.num_classes)})
-            out.append(sample(guided, x0[s:s + batch_size].to(device), path=self.path,
-                              prediction=self.prediction, solver=solver or spec.solver,
-                              steps=steps or spec.steps, grid=spec.grid,
-                              **dict(spec.options)).clamp(-1, 1).cpu())
+            out.append(spec.guided(
+                model, x0[s:s + batch_size].to(device), self.path, self.prediction,
+                {"y": y}, {"y": torch.full_like(y, self.num_classes)}, scale=w, solver=solver,
+                steps=steps).clamp(-1, 1).cpu())
         return torch.cat(out)
 
     def validate(self, model: nn.Module, step: int, out_dir: Path,

@@ -28,10 +28,8 @@ from torch import Tensor, nn
 
 from conditioners.base import Condition
 from conditioners.norm import ConditionNorm
-from toolkit import guidance
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss
-from toolkit.sampling import sample
 from toolkit.train.tasks import SamplerSpec, StepContext, Task
 
 __all__ = ["TextImageModel", "Text2ImgTask", "imagefolder_dataset", "text_conditioner",
@@ -277,12 +275,10 @@ class Text2ImgTask(Task):
         for s in range(0, n, batch_size):
             chunk = caps[s:s + batch_size]
             cond = self.encode(chunk, device)
-            guided = guidance.cfg(model, w, cond={"cond": cond},
-                                  uncond={"cond": m.null(len(chunk))})
-            out.append(sample(guided, x0[s:s + batch_size].to(device), path=self.path,
-                              prediction=self.prediction, solver=solver or spec.solver,
-                              steps=steps or spec.steps, grid=spec.grid,
-                              **dict(spec.options)).clamp(-1, 1).cpu())
+            out.append(spec.guided(
+                model, x0[s:s + batch_size].to(device), self.path, self.prediction,
+                {"cond": cond}, {"cond": m.null(len(chunk))}, scale=w, solver=solver,
+                steps=steps).clamp(-1, 1).cpu())
         return torch.cat(out)
 
     def validate(self, model: nn.Module, step: int, out_dir: Path,

@@ -111,6 +111,19 @@ class SamplerSpec:
 
         samplers.get(self.solver)  # fails early, naming the closest valid solver
 
+    def guided(self, model: Callable[..., Tensor], x0: Tensor, path: Any, prediction: str,
+               cond: dict[str, Any], uncond: dict[str, Any], *, scale: float | None = None,
+               solver: str | None = None, steps: int | None = None) -> Tensor:
+        """Integrate ``x0`` with classifier-free guidance (:func:`toolkit.guidance.cfg`,
+        scale ``scale`` or this spec's ``guidance_scale``); ``solver`` / ``steps`` override."""
+        from toolkit import guidance
+
+        w = self.guidance_scale if scale is None else float(scale)
+        with torch.no_grad():
+            return sample(guidance.cfg(model, w, cond=cond, uncond=uncond), x0, path=path,
+                          prediction=prediction, solver=solver or self.solver,
+                          steps=steps or self.steps, grid=self.grid, **dict(self.options))
+
     def __call__(self, model: Callable[..., Tensor], x0: Tensor, path: Any, prediction: str,
                  cond: dict[str, Any] | None = None) -> Tensor:
         """Integrate ``x0`` (t = 0) to data (t = 1) with this spec."""
