@@ -39,6 +39,7 @@ from modalities.image.data import (
     load_split,
     to_tensor,
 )
+from toolkit.train.steps import supervised_step
 
 _VERSION = 1
 
@@ -191,15 +192,8 @@ def train_classifier(config: ClassifierConfig | None = None,
         xb = x_all[idx]
         std = cfg.noise_std * torch.rand(len(idx), 1, 1, 1, generator=gen)
         xb = xb + std * torch.randn(xb.shape, generator=gen)
-        loss = _loss(model(xb), y_all[idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"classifier loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (step % 200 == 0 or step == cfg.steps - 1):
-            log(f"attribute classifier step {step}/{cfg.steps} loss {loss.item():.4f}")
+        supervised_step(_loss(model(xb), y_all[idx]), opt, sched, step=step, total=cfg.steps,
+                        what="attribute classifier", log=log, log_every=200)
     model.eval()
     metrics = real_ceiling(model, cfg.n_val, dcfg, cache_dir)
     metrics["train_seconds"] = time.perf_counter() - t0

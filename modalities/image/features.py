@@ -36,6 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from toolkit.train.steps import supervised_step
+
 __all__ = ["FeatureNet", "FeatureTrainConfig", "as_images", "cache_key", "cached_feature_net",
            "default_cache_dir", "embed", "extract_features", "predict", "train_feature_net"]
 
@@ -230,14 +232,8 @@ def train_feature_net(dataset: ImageDataset, *, config: FeatureTrainConfig | Non
         std = cfg.noise_std * torch.rand(len(idx), 1, 1, 1, generator=gen)
         xb = xb + std * torch.randn(xb.shape, generator=gen)
         loss = F.cross_entropy(net(xb)[0], y[idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"feature-net loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (step % 100 == 0 or step == cfg.steps - 1):
-            log(f"feature net step {step}/{cfg.steps} loss {loss.item():.4f}")
+        supervised_step(loss, opt, sched, step=step, total=cfg.steps, what="feature net",
+                        log=log, log_every=100)
     net.eval()
     acc = float((predict(net, x[val]) == y[val]).double().mean()) if n_val else None
     if info is not None:
