@@ -4,8 +4,10 @@
   e.g. ``trainer.max_steps=2000 data.root=/my/images resume=latest``).
 - ``toolkit sample checkpoint=RUN_DIR prompt="a red circle at the top left" n=16``: a PNG
   grid of samples (``prompt=`` may repeat; ``steps= cfg= solver= out= seed=``).
-- ``toolkit eval checkpoint=RUN_DIR [n=500]``: prompt-following accuracy on held-out
-  captions next to the real-image ceiling; writes ``RUN_DIR/eval.json``.
+- ``toolkit eval checkpoint=RUN_DIR [n=500]``: what the run's kind calls for, next to a
+  real-data reference; writes ``RUN_DIR/eval.json``. Text-to-image: prompt-following
+  accuracy on held-out captions. Class-conditional: FD-local, precision/recall, class
+  accuracy (``bpd=N``: bits/dim of N held-out images). Tokenizers: held-out PSNR.
 - ``toolkit recipes``: list the recipes with one-line descriptions.
 - ``toolkit demo2d``: the embedded default main job: train a small flow-matching model on a
   2-D dataset, sample it, and write a plot.
@@ -97,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 _SAMPLE_KEYS = {"checkpoint": str, "prompt": str, "n": int, "steps": int, "cfg": float,
                 "solver": str, "out": str, "seed": int, "ckpt": str}
 _EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float, "solver": str,
-              "seed": int, "batch_size": int, "ckpt": str}
+              "seed": int, "batch_size": int, "ckpt": str, "bpd": int}
 
 
 def _parse_kv(args: list[str], spec: dict[str, type], cmd: str) -> dict[str, object]:
@@ -161,6 +163,15 @@ def _run_task(run_dir: str) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
+        if _run_task(kv["checkpoint"]).endswith("CodecTask"):
+            from modalities.image.codec_eval import evaluate_codec_run, format_codec_report
+
+            res = evaluate_codec_run(kv["checkpoint"], kv.get("n"),
+                                     batch_size=int(kv.get("batch_size", 250)),
+                                     checkpoint=kv.get("ckpt", "latest"))
+            print(format_codec_report(res))
+            print(f"wrote {kv['checkpoint']}/eval.json")
+            return 0
         if _run_task(kv["checkpoint"]).endswith("Class2ImgTask"):
             from modalities.image.class_eval import evaluate_class_run
             from modalities.image.metrics import format_report
@@ -168,8 +179,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             res = evaluate_class_run(
                 kv["checkpoint"], int(kv.get("n", 1000)), steps=kv.get("steps"),
                 cfg=kv.get("cfg"), solver=kv.get("solver"), seed=int(kv.get("seed", 0)),
-                batch_size=int(kv.get("batch_size", 250)), checkpoint=kv.get("ckpt", "latest"))
+                batch_size=int(kv.get("batch_size", 250)), checkpoint=kv.get("ckpt", "latest"),
+                bpd=int(kv.get("bpd", 0)))
             print(format_report(res))
+            if "bpd_uncond" in res:
+                print(f"bits/dim on {res['bpd_n']} held-out images: {res['bpd_uncond']:.3f} "
+                      f"(p(x), null class), {res['bpd_cond']:.3f} (p(x | y))")
             print(f"sampling: {1e3 * res['seconds_per_image']:.1f} ms/image")
             print(f"wrote {kv['checkpoint']}/eval.json")
             return 0
@@ -204,13 +219,16 @@ example:
   toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16"""
 
 _EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out captions;
-  class2img: 1000 class-balanced samples), steps=, cfg=, solver=, seed=0, batch_size=,
-  ckpt=latest|CHECKPOINT_DIR
+  class2img: 1000 class-balanced samples; tokenizers: held-out images, default all), steps=,
+  cfg=, solver=, seed=0, batch_size=, ckpt=latest|CHECKPOINT_DIR, bpd=0 (class2img pixel runs:
+  bits/dim of that many held-out images)
 text2img runs: per-attribute prompt-following accuracy vs real images;
-class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID)
+class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID);
+tokenizer runs (vae_train, vq_train, vae_shapes): held-out PSNR, codebook use, rFD-local
 examples:
   toolkit eval checkpoint=runs/text2img_cfm n=500
-  toolkit eval checkpoint=runs/class2img_cfm n=1000"""
+  toolkit eval checkpoint=runs/class2img_cfm n=1000 bpd=200
+  toolkit eval checkpoint=runs/vae_train"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("args", nargs="*", metavar="key=value")
     sa.set_defaults(fn=_cmd_sample)
     ev = sub.add_parser(
-        "eval", help="prompt-following accuracy on held-out captions: checkpoint=RUN_DIR",
-        description="Per-attribute accuracy of samples for held-out captions (unseen "
-                    "compositions) next to real images of the same captions; writes "
-                    "RUN_DIR/eval.json.",
+        "eval", help="evaluate a run (prompt following, FD-local, PSNR): checkpoint=RUN_DIR",
+        description="text2img runs: per-attribute accuracy of samples for held-out captions "
+                    "(unseen compositions) next to real images of the same captions. "
+                    "class2img runs: FD-local, precision/recall (k=3) and class accuracy "
+                    "next to real-vs-real, bits/dim with bpd=N. Tokenizer runs: held-out "
+                    "reconstruction PSNR. Writes RUN_DIR/eval.json.",
         epilog=_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("args", nargs="*", metavar="key=value")
     ev.set_defaults(fn=_cmd_eval)

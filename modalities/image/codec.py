@@ -131,6 +131,13 @@ class Codec(nn.Module):
         z = latents / self.scale.to(latents)[:, None, None] + self.shift.to(latents)[:, None, None]
         return self._decode(z)
 
+    def moments(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Unscaled posterior ``(mean, std)`` of ``q(z | images)``, each ``(B, c, h, w)``;
+        ``std`` is None for deterministic codecs (``z = mean``). Used to cache latents once
+        and draw ``z = mean + std * eps`` per epoch (Rombach et al. 2022, sec. 3)."""
+        self._check_image_dims(tuple(images.shape), "(B, C, H, W)", 1)
+        return self._encode(images), None
+
     @torch.no_grad()
     def fit_scale(
         self, data: Tensor | Iterable[Any], max_batches: int | None = None, *,
@@ -166,6 +173,23 @@ class Codec(nn.Module):
                 s1, s2, n = s1 + z.sum(1), s2 + z.square().sum(1), n + z.shape[1]
         finally:
             self.train(was_training)
+        return self._set_stats(s1, s2, n, use_shift, per_channel)
+
+    @torch.no_grad()
+    def fit_scale_latents(self, z: Tensor, *, use_shift: bool | None = None,
+                          per_channel: bool | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`fit_scale` from unscaled latents ``z (N, c, h, w)`` already computed (e.g.
+        cached posterior means), without running the encoder again."""
+        use_shift = self.fit_use_shift if use_shift is None else use_shift
+        per_channel = self.fit_per_channel if per_channel is None else per_channel
+        self._check_latents(z)
+        c = self.latent_channels
+        z = z.double().transpose(0, 1).reshape(c, -1).cpu()  # (c, N h w)
+        return self._set_stats(z.sum(1), z.square().sum(1), z.shape[1], use_shift, per_channel)
+
+    def _set_stats(self, s1: Tensor, s2: Tensor, n: int, use_shift: bool, per_channel: bool
+                   ) -> tuple[Tensor, Tensor]:
+        c = self.latent_channels
         if n == 0:
             raise ValueError("fit_scale: no data")
         if not per_channel:
@@ -289,6 +313,12 @@ class KLVAE(Codec):
 
     def _encode(self, images: Tensor) -> Tensor:
         return self.posterior(images)[0]
+
+    def moments(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(mean, std = exp(logvar / 2))`` of the diagonal Gaussian posterior."""
+        self._check_image_dims(tuple(images.shape), "(B, C, H, W)", 1)
+        mean, logvar = self.posterior(images)
+        return mean, torch.exp(0.5 * logvar)
 
     def _decode(self, z: Tensor) -> Tensor:
         return self.decoder(self.post_quant_conv(z))

@@ -101,6 +101,14 @@ class DiffusersCodec(Codec):
             z = self.model.encode(x).latent_dist.mean
         return z.to(images.dtype)
 
+    def moments(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """AutoencoderKL: the ``latent_dist`` mean and std; VQModel: the codes, no std."""
+        if self.is_vq:
+            return super().moments(images)
+        self._check_image_dims(tuple(images.shape), "(B, C, H, W)", 1)
+        dist = self.model.encode(images.to(self.model.dtype)).latent_dist
+        return dist.mean.to(images.dtype), dist.std.to(images.dtype)
+
     def _decode(self, z: Tensor) -> Tensor:
         h = z.to(self.model.dtype)
         if self.is_vq:

@@ -26,7 +26,20 @@ from torch import Tensor, nn
 from modalities.image.codec import Codec, psnr
 from toolkit.train.tasks import StepContext, Task
 
-__all__ = ["CodecTask"]
+__all__ = ["CodecTask", "data_split"]
+
+
+def data_split(data: Any, split: str = "heldout", n: int | None = None) -> Any:
+    """The ``split`` of the dataset described by the recipe's ``data`` config (any dataset
+    ``_target_`` with ``split`` and ``n`` arguments), e.g. the held-out images of the data a
+    codec or generator trains on."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) \
+        else dict(data)
+    cfg.update(split=split, n=n)
+    return instantiate(cfg, _convert_="all")
 
 
 def _images(batch: Any) -> Tensor:

@@ -131,6 +131,9 @@ class Text2ImgTask(Task):
             coordinates as 2 extra input channels (``model.in_channels`` = channels + 2).
         text_standardize: standardise condition features with training-caption statistics
             (fitted once at set-up of a fresh run, then saved with the model).
+        codec: None (pixel space) or a tokenizer spec: the flow then runs on its cached
+            latents (:mod:`modalities.image.latent`; ``recipe=text2img_latent_cfm``).
+        latent_shape: expected ``(c, h, w)`` of the codec (refused with both shapes if not).
         sampler: a :class:`SamplerSpec` (its ``guidance_scale`` is the CFG scale).
     """
 
@@ -142,7 +145,9 @@ class Text2ImgTask(Task):
                  text_max_length: int | None = None, text_normalize: bool | None = None,
                  text_cache_dir: str | None = None, image_size: int = 32, channels: int = 3,
                  val_prompts: int = 8, val_per_prompt: int = 4, coord_channels: bool = False,
-                 text_standardize: bool = True, sampler: SamplerSpec | None = None) -> None:
+                 text_standardize: bool = True, codec: Any = None,
+                 latent_shape: list[int] | None = None,
+                 sampler: SamplerSpec | None = None) -> None:
         from toolkit import paths
 
         if not 0.0 <= p_drop <= 1.0:
@@ -159,9 +164,22 @@ class Text2ImgTask(Task):
         self.n_val, self.val_per_prompt = int(val_prompts), int(val_per_prompt)
         self.coord_channels = bool(coord_channels)
         self.text_standardize = bool(text_standardize)
+        self.latent = None
+        if codec is not None:
+            from modalities.image.latent import LatentSpace
+
+            self.latent = LatentSpace(codec, (self.channels, self.image_size, self.image_size),
+                                      latent_shape=tuple(latent_shape) if latent_shape else None)
         self.sampler = sampler or SamplerSpec(solver="heun", steps=16, guidance_scale=4.0)
         self.val_captions: list[str] | None = None
         self._text = None
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """Shape of what the flow generates: the image, or the codec's latent ``(c, h, w)``."""
+        if self.latent is not None:
+            return self.latent.shape
+        return self.channels, self.image_size, self.image_size
 
     # ------------------------------------------------------------------ text
     @property
@@ -199,16 +217,18 @@ class Text2ImgTask(Task):
             if have != dim:
                 raise ValueError(f"model.{attr}={have} does not match the text encoder's "
                                  f"{attr} {dim}; set model.{attr}={dim}")
-        want = self.channels + 2 * self.coord_channels
+        want = self.x_shape[0] + 2 * self.coord_channels
         if getattr(net, "in_channels", want) != want:
+            src = "codec latent" if self.latent is not None else "image"
             raise ValueError(f"model.in_channels={net.in_channels} but the task feeds {want} "
-                             f"channels (task.channels={self.channels}, task.coord_channels="
+                             f"channels ({self.x_shape[0]} {src} channels, task.coord_channels="
                              f"{self.coord_channels}); set model.in_channels={want}")
         return TextImageModel(net, tc.null_pooled, tc.null_tokens, self.coord_channels)
 
-    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> Any:
         """Encode every unique training caption once (on-disk cache), fit the model's
-        condition standardisation on them, pick validation prompts."""
+        condition standardisation on them, pick validation prompts; with a codec, return
+        the dataset with images replaced by cached latent moments."""
         captions = getattr(dataset, "captions", None)
         if captions is None:
             captions = [dataset[i][1] for i in range(len(dataset))]
@@ -218,6 +238,9 @@ class Text2ImgTask(Task):
             norm.fit(*self.text.cached_rows(captions))
         if self.val_captions is None:
             self.val_captions = self.default_prompts(dataset)
+        if self.latent is not None:
+            return self.latent.prepare(dataset, run_dir)
+        return None
 
     def default_prompts(self, dataset: Any = None) -> list[str]:
         """Held-out shapes captions, or the first unique captions of a custom dataset."""
@@ -236,7 +259,10 @@ class Text2ImgTask(Task):
         if not isinstance(batch, list | tuple) or len(batch) < 2:
             raise ValueError("Text2ImgTask expects batches (images, captions, ...)")
         x1, captions = batch[0], list(batch[1])
-        if x1.ndim != 4 or x1.shape[1] != self.channels:
+        if self.latent is not None:  # cached moments (B, 2c, h, w) -> latents (B, c, h, w)
+            x1 = self.latent.x1(x1, ctx.randn(x1[:, :self.x_shape[0]].shape,
+                                              dtype=x1.dtype).to(x1.device))
+        elif x1.ndim != 4 or x1.shape[1] != self.channels:
             raise ValueError(f"Text2ImgTask expects images (B, {self.channels}, H, W), got "
                              f"{tuple(x1.shape)}")
         b = x1.shape[0]
@@ -269,8 +295,7 @@ class Text2ImgTask(Task):
         m = unwrap(model)
         device = m.null_pooled.device
         caps = [prompts[i % len(prompts)] for i in range(n)]
-        x0 = torch.randn(n, self.channels, self.image_size, self.image_size,
-                         generator=generator)  # (n, C, H, W)
+        x0 = torch.randn(n, *self.x_shape, generator=generator)  # (n, C, H, W)
         out = []
         for s in range(0, n, batch_size):
             chunk = caps[s:s + batch_size]
@@ -278,7 +303,10 @@ class Text2ImgTask(Task):
             out.append(spec.guided(
                 model, x0[s:s + batch_size].to(device), self.path, self.prediction,
                 {"cond": cond}, {"cond": m.null(len(chunk))}, scale=w, solver=solver,
-                steps=steps).clamp(-1, 1).cpu())
+                steps=steps))
+            if self.latent is not None:
+                out[-1] = self.latent.decode(out[-1])
+            out[-1] = out[-1].clamp(-1, 1).cpu()
         return torch.cat(out)
 
     def validate(self, model: nn.Module, step: int, out_dir: Path,

@@ -273,6 +273,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", use_ema: bool = Tr
     if ckpt is None:
         raise FileNotFoundError(f"run {str(run_dir)!r} has no complete checkpoint yet")
     cfg = OmegaConf.load(ckpt / "config.yaml")
+    assets = run_dir / "assets.json"  # toolkit.train.tasks.register_run_asset
+    if assets.is_file():
+        for key, rel in json.loads(assets.read_text()).items():
+            OmegaConf.update(cfg, key, str(run_dir / rel), merge=False)
     model, task, _ = build(cfg, with_data=False)
     data = load_checkpoint(ckpt, map_location)
     weights = data["ema"] if use_ema and data["ema"] is not None else data["model"]

@@ -21,6 +21,7 @@ state is checkpointed).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +142,13 @@ class Task:
     #: sampling settings (the recipe's ``sampler`` group), set by :func:`~toolkit.train.build`
     sampler: SamplerSpec | None = None
 
-    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> None:
+    def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> Any:
         """Called once before training with the training dataset, the run directory and the
         (wrapped, not yet resumed or ``init_from``-loaded) model, e.g. to fit input
-        statistics kept in the model's buffers."""
+        statistics kept in the model's buffers. May return a dataset that replaces the one
+        iterated (e.g. images swapped for cached latents); None keeps ``dataset``. Files the
+        run needs for sampling are registered with :func:`register_run_asset`."""
+        return None
 
     def wrap_model(self, net: nn.Module) -> nn.Module:
         """The module that is trained, averaged (EMA) and checkpointed (default: ``net``)."""
@@ -161,6 +165,25 @@ class Task:
         :func:`toolkit.train.logging.save_image_grid`) and return metrics to log. Runs on
         the main process only, every ``trainer.val_every`` steps and at the end."""
         return {}
+
+
+ASSETS_FILE = "assets.json"
+
+
+def register_run_asset(run_dir: str | Path, key: str, relative: str) -> None:
+    """Record that config ``key`` (e.g. ``"task.codec"``) points at ``run_dir/relative``.
+
+    :func:`~toolkit.train.checkpoint.load_run` applies these overrides, so a run directory
+    stays self-contained (sampling works after the original codec folder is gone).
+    """
+    import json
+
+    path = Path(run_dir) / ASSETS_FILE
+    assets = json.loads(path.read_text()) if path.is_file() else {}
+    assets[str(key)] = str(relative)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(assets, indent=1))
+    os.replace(tmp, path)
 
 
 def toy2d_dataset(name: str = "8gaussians", n: int = 100_000, seed: int = 0,
@@ -260,4 +283,5 @@ class VectorCFMTask(Task):
         return res
 
 
-__all__ = ["StepContext", "SamplerSpec", "Task", "VectorCFMTask", "toy2d_dataset"]
+__all__ = ["ASSETS_FILE", "StepContext", "SamplerSpec", "Task", "VectorCFMTask",
+           "register_run_asset", "toy2d_dataset"]

@@ -113,7 +113,9 @@ class Trainer:
             raise FileExistsError(
                 f"run_dir {str(self.run_dir)!r} already has checkpoints; pass resume=latest to "
                 f"continue it, or choose another run_dir=...")
-        task.setup(dataset, self.run_dir, model=model)
+        prepared = task.setup(dataset, self.run_dir, model=model)
+        if prepared is not None:  # e.g. images replaced by cached codec latents
+            self.dataset = prepared
         if init_from:
             self._init_from(model, init_from)
         params = [p for p in model.parameters() if p.requires_grad]

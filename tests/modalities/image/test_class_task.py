@@ -49,3 +49,35 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="in_channels=3"):
         task.wrap_model(UNet(in_channels=3, base_channels=8, channel_mults=(1,), groups=4,
                              pooled_dim=16))
+
+
+def test_edm_objective_is_preconditioned_f_space_mse():
+    """objective=edm: model = EDMPrecond(backbone); the weighted data loss
+    lambda(sigma) ||D - x1||^2 equals the network-space MSE ||F - F_target||^2."""
+    from toolkit.precond import EDMPrecond
+
+    task = Class2ImgTask(image_size=8, channels=1, objective="edm", path="edm",
+                         t_sampler="lognormal_sigma", t_sampler_kwargs={"path": "edm"},
+                         sampler=SamplerSpec(solver="edm", steps=3, guidance_scale=1.5))
+    assert task.prediction == "data"
+    model = _model(task, zero_init=False)
+    assert isinstance(model, EDMPrecond) and isinstance(model.net, ClassImageModel)
+    x1 = torch.rand(16, 1, 8, 8) * 2 - 1
+    y = torch.arange(16) % 10
+    gen = torch.Generator().manual_seed(3)
+    out = task.loss(model, [x1, y], StepContext(0, 0, gen))
+    # replay the same draws: dropout, noise, times
+    ctx = StepContext(0, 0, torch.Generator().manual_seed(3))
+    drop = ctx.bernoulli(task.p_drop, 16)
+    yy = torch.where(drop, torch.full_like(y, 10), y)
+    x0 = ctx.randn(x1.shape)
+    t = ctx.sample_t(task.t_sampler, 16)
+    x_t = task.path.sample_xt(x1, x0, t)
+    p = model.parts(x_t, t)
+    f = model.net(p["x_in"], p["c_noise"], y=yy)
+    want = ((f - model.f_target(x1, x_t, t)) ** 2).mean()
+    assert float(out["loss"].detach()) == pytest.approx(float(want.detach()), rel=1e-4)
+    x = task.generate(model, 4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="objective must be 'cfm' or 'edm'"):
+        Class2ImgTask(objective="ddpm")

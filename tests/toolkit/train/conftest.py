@@ -33,6 +33,33 @@ TINY_BY_RECIPE = {
     "vq_train": ["model.base_channels=8", "model.channel_mults=[1,2]", "model.groups=4",
                  "model.codebook_size=16", "data.n=16", "task.val_images=2"],
 }
+TINY_BY_RECIPE["class2img_edm"] = TINY_BY_RECIPE["class2img_cfm"]
+TINY_BY_RECIPE["vae_shapes"] = [*TINY_BY_RECIPE["vae_train"], "data.n=8"]
+TINY_BY_RECIPE["class2img_latent_cfm"] = [
+    "model.base_channels=8", "model.num_heads=2", "model.pooled_dim=16", "model.num_res_blocks=1",
+    "data.n=16", "task.val_per_class=1", "sampler.steps=2"]
+TINY_BY_RECIPE["text2img_latent_cfm"] = [
+    "model.base_channels=8", "model.num_heads=2", "model.num_res_blocks=1", "data.n=16",
+    "task.val_prompts=2", "task.val_per_prompt=1", "sampler.steps=2"]
+
+
+def tiny_codec_overrides(recipe: str, root: Path) -> list[str]:
+    """``task.codec=DIR`` for latent recipes: an untrained tiny KL-VAE (f = 4, 4 channels,
+    the image channels of the recipe's data) saved under ``root``; [] for other recipes."""
+    from modalities.image.codec import KLVAE
+    from modalities.image.codec_io import save_codec
+    from toolkit.train.config import compose_recipe
+
+    cfg = compose_recipe(recipe, [])
+    if cfg.task.get("codec") is None:
+        return []
+    channels = int(cfg.task.channels)
+    folder = Path(root) / f"tiny_codec_{channels}"
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        save_codec(KLVAE(channels, 4, base_channels=8, channel_mults=(1, 2, 2), groups=4),
+                   folder)
+    return [f"task.codec={folder}"]
 
 
 def tiny_trainer(run_dir: Path, task: Task | None = None, resume: str | None = None,

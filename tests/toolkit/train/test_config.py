@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.toolkit.train.conftest import TINY, TINY_BY_RECIPE
+from tests.toolkit.train.conftest import TINY, TINY_BY_RECIPE, tiny_codec_overrides
 from toolkit import cli
 from toolkit.train import checkpoint as ck
 from toolkit.train.config import RecipeError, compose_recipe, list_recipes
@@ -24,6 +24,7 @@ def test_recipes_have_descriptions():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_trains_two_steps_and_samples(recipe, tmp_path):
     cfg = compose_recipe(recipe, [*TINY, *TINY_BY_RECIPE.get(recipe, []),
+                                  *tiny_codec_overrides(recipe, tmp_path),
                                   f"run_dir={tmp_path / recipe}"])
     assert cfg.recipe == recipe and cfg.trainer.max_steps == 2
     res = train_recipe(cfg)
