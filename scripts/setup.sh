@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS=${TOOLKIT_EXTRAS:-"--extra ref --extra dev"}
+EXTRAS=${TOOLKIT_EXTRAS:-"--extra ref --extra dev --extra robot"}
 
 # 1. a Python 3.12 interpreter (pyenv honours .python-version; else whatever python3.12 exists)
 PY=""
@@ -27,3 +27,13 @@ command -v uv >/dev/null 2>&1 && uv --version >/dev/null 2>&1 || UV="${PY:-pytho
 # 3. the locked environment (uv can also fetch a CPython 3.12 itself if none was found)
 # shellcheck disable=SC2086
 $UV sync --frozen $EXTRAS ${PY:+--python "$PY"}
+
+# 4. offscreen MuJoCo rendering for image observations (robot policies): EGL usually works;
+#    OSMesa is the software fallback (MUJOCO_GL=osmesa). Best effort: tests that render skip
+#    with a message when neither is available.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && \
+   ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
+  (apt-get install -y -q libosmesa6 >/dev/null 2>&1 || \
+   { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libosmesa6 >/dev/null 2>&1; }) || \
+    echo "setup: could not install libosmesa6 (optional; MuJoCo rendering falls back to EGL)" >&2
+fi

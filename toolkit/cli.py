@@ -9,6 +9,8 @@
   accuracy on held-out captions. Class-conditional: FD-local, precision/recall, class
   accuracy (``bpd=N``: bits/dim of N held-out images). Tokenizers: held-out PSNR.
 - ``toolkit recipes``: list the recipes with one-line descriptions.
+- ``toolkit data collect env=metaworld task=push-v3 episodes=50 root=DIR``: scripted-expert
+  demonstrations into a local LeRobotDataset v3.
 - ``toolkit demo2d``: the embedded default main job: train a small flow-matching model on a
   2-D dataset, sample it, and write a plot.
 - ``toolkit paths`` / ``toolkit solvers``: list the names the core accepts.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_demo2d(args: argparse.Namespace) -> int:
@@ -99,35 +102,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 _SAMPLE_KEYS = {"checkpoint": str, "prompt": str, "n": int, "steps": int, "cfg": float,
                 "solver": str, "out": str, "seed": int, "ckpt": str}
 _EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float, "solver": str,
-              "seed": int, "batch_size": int, "ckpt": str, "bpd": int}
+              "seed": int, "batch_size": int, "ckpt": str, "bpd": int, "env": str, "task": str,
+              "episodes": int, "n_action_steps": int, "rtc": "bool", "delay": int,
+              "seed_offset": int, "threads": int}
 
 
-def _parse_kv(args: list[str], spec: dict[str, type], cmd: str) -> dict[str, object]:
-    """``key=value`` arguments -> typed dict; ``prompt`` collects repeats and ``[a, b]``."""
-    import difflib
+def _parse_kv(args: list[str], spec: dict[str, Any], cmd: str) -> dict[str, object]:
+    """``key=value`` arguments -> typed dict (:func:`toolkit.kv.parse_key_values`);
+    ``prompt`` collects repeats and ``[a, b]``; ``checkpoint`` is required."""
+    from toolkit.kv import parse_key_values
 
-    out: dict[str, object] = {}
-    for a in args:
-        key, eq, val = a.partition("=")
-        if not eq:
-            raise ValueError(f"argument {a!r} is not of the form key=value")
-        if key not in spec:
-            close = difflib.get_close_matches(key, list(spec), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {key!r} for `toolkit {cmd}`.{hint} "
-                             f"Valid keys: {', '.join(k for k in spec if k != 'ckpt')}")
-        if key == "prompt":
-            items = [val]
-            if val.startswith("[") and val.endswith("]"):
-                import yaml
-
-                items = [str(v) for v in (yaml.safe_load(val) or [])]
-            out.setdefault("prompt", []).extend(items)  # type: ignore[union-attr]
-            continue
-        try:
-            out[key] = spec[key](val)
-        except ValueError:
-            raise ValueError(f"{key}={val!r}: expected {spec[key].__name__}") from None
+    out = parse_key_values(args, spec, cmd, lists=("prompt",), hidden=("ckpt",))
     if "checkpoint" not in out:
         raise ValueError("missing checkpoint=RUN_DIR (a run directory of `toolkit train`)")
     return out
@@ -163,6 +148,18 @@ def _run_task(run_dir: str) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
+        if "env" in kv or _run_task(kv["checkpoint"]).endswith("PolicyTask"):
+            from modalities.actions.eval import evaluate_policy_run, format_policy_report
+
+            res = evaluate_policy_run(
+                kv["checkpoint"], kv.get("env", "metaworld"), kv.get("task"),
+                int(kv.get("episodes", 50)), seed_offset=int(kv.get("seed_offset", 100_000)),
+                n_action_steps=kv.get("n_action_steps"), steps=kv.get("steps"),
+                solver=kv.get("solver"), rtc=bool(kv.get("rtc", False)),
+                inference_delay=int(kv.get("delay", 0)), checkpoint=kv.get("ckpt", "latest"),
+                threads=int(kv.get("threads", 1)))
+            print(format_policy_report(res))
+            return 0
         if _run_task(kv["checkpoint"]).endswith("CodecTask"):
             from modalities.image.codec_eval import evaluate_codec_run, format_codec_report
 
@@ -221,14 +218,38 @@ example:
 _EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out captions;
   class2img: 1000 class-balanced samples; tokenizers: held-out images, default all), steps=,
   cfg=, solver=, seed=0, batch_size=, ckpt=latest|CHECKPOINT_DIR, bpd=0 (class2img pixel runs:
-  bits/dim of that many held-out images)
+  bits/dim of that many held-out images); policy runs: env=metaworld, task= (name, comma
+  list or mt10; default: the training tasks), episodes=50, n_action_steps=, rtc=false,
+  delay=0, seed_offset=100000, threads=1
 text2img runs: per-attribute prompt-following accuracy vs real images;
 class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID);
 tokenizer runs (vae_train, vq_train, vae_shapes): held-out PSNR, codebook use, rFD-local
 examples:
   toolkit eval checkpoint=runs/text2img_cfm n=500
   toolkit eval checkpoint=runs/class2img_cfm n=1000 bpd=200
-  toolkit eval checkpoint=runs/vae_train"""
+  toolkit eval checkpoint=runs/vae_train
+  toolkit eval checkpoint=runs/metaworld_flow_policy env=metaworld task=push-v3 episodes=50"""
+
+
+_COLLECT_EPILOG = """keys: env=metaworld, task=push-v3 (a Meta-World v3 task, a comma list or
+  mt10), episodes=50 (successful episodes kept per task), root=DIR (required), seed=0 (first
+  collection seed), image_size= (also render the corner camera at that size)
+example:
+  toolkit data collect env=metaworld task=push-v3 episodes=50 root=data/metaworld/push-v3"""
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    try:
+        from modalities.actions.collect import collect_main
+    except ImportError as e:  # the robot extra is optional
+        print(f"toolkit data collect: error: {e} (install the robot extra: "
+              f"uv sync --extra robot)", file=sys.stderr)
+        return 2
+    try:
+        return collect_main(list(args.args))
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"toolkit data collect: error: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("args", nargs="*", metavar="key=value")
     ev.set_defaults(fn=_cmd_eval)
+    da = sub.add_parser("data", help="datasets: toolkit data collect env=metaworld task=...",
+                        description="Dataset tools.")
+    dsub = da.add_subparsers(dest="data_command", metavar="ACTION")
+    co = dsub.add_parser(
+        "collect", help="scripted-expert demonstrations into a LeRobotDataset v3",
+        description="Run Meta-World's scripted experts and write the successful episodes into "
+                    "a local LeRobotDataset v3 (no hub access).",
+        epilog=_COLLECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    co.add_argument("args", nargs="*", metavar="key=value")
+    co.set_defaults(fn=_cmd_collect)
     sub.add_parser("paths", help="list probability paths").set_defaults(fn=_cmd_paths)
     sub.add_parser("solvers", help="list samplers and their options").set_defaults(fn=_cmd_solvers)
     return p
@@ -290,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides given after an option (`train --dry-run a=1 b=2`)
         cmd = getattr(args, "command", None)
-        if cmd not in ("train", "sample", "eval") or any(e.startswith("-") for e in extra):
+        if cmd not in ("train", "sample", "eval", "data") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if cmd == "train":
             args.overrides = list(args.overrides) + extra

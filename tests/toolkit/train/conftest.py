@@ -43,6 +43,24 @@ TINY_BY_RECIPE["text2img_latent_cfm"] = [
     "task.val_prompts=2", "task.val_per_prompt=1", "sampler.steps=2"]
 
 
+_POLICY = ["model.width=32", "model.depth=1", "model.heads=2", "data.collect.episodes=1",
+           "task.val_batch=4", "sampler.steps=2"]
+TINY_BY_RECIPE["metaworld_flow_policy"] = _POLICY
+TINY_BY_RECIPE["metaworld_mt10_flow_policy"] = _POLICY
+TINY_BY_RECIPE["metaworld_diffusion_policy"] = [
+    "model.down_dims=[16,32]", "model.obs_dim=16", "model.step_dim=16",
+    "data.collect.episodes=1", "task.val_batch=4", "sampler.steps=2"]
+
+
+def tiny_data_overrides(recipe: str, root: Path) -> list[str]:
+    """Per-test data locations: Meta-World demonstrations are collected under ``root``."""
+    if recipe.startswith("metaworld"):
+        pytest.importorskip("metaworld", reason="the robot extra (uv sync --extra robot)")
+        pytest.importorskip("lerobot", reason="the robot extra (uv sync --extra robot)")
+        return [f"data.root={Path(root) / ('mw_' + recipe)}"]
+    return []
+
+
 def tiny_codec_overrides(recipe: str, root: Path) -> list[str]:
     """``task.codec=DIR`` for latent recipes: an untrained tiny KL-VAE (f = 4, 4 channels,
     the image channels of the recipe's data) saved under ``root``; [] for other recipes."""
@@ -52,7 +70,7 @@ def tiny_codec_overrides(recipe: str, root: Path) -> list[str]:
 
     cfg = compose_recipe(recipe, [])
     if cfg.task.get("codec") is None:
-        return []
+        return tiny_data_overrides(recipe, root)
     channels = int(cfg.task.channels)
     folder = Path(root) / f"tiny_codec_{channels}"
     if not folder.is_dir():
