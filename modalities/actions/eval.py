@@ -22,7 +22,8 @@ def evaluate_policy_run(run_dir: str | Path, env: str = "metaworld", task: str |
                         n_action_steps: int | None = None, steps: int | None = None,
                         solver: str | None = None, rtc: bool = False,
                         inference_delay: int = 0, checkpoint: str = "latest",
-                        threads: int | None = 1, progress: bool = True,
+                        threads: int | None = 1, max_steps: int | None = None,
+                        progress: bool = True,
                         write: bool = True) -> dict[str, Any]:
     """Simulator success of a policy run (see the module docstring).
 
@@ -71,7 +72,7 @@ def evaluate_policy_run(run_dir: str | Path, env: str = "metaworld", task: str |
             for name in tasks:
                 per_task[name] = evaluate(policy, name, episodes=episodes,
                                           seed_offset=seed_offset, image_size=image_size,
-                                          progress=progress)
+                                          progress=progress, max_steps=max_steps)
         n_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)

@@ -310,7 +310,8 @@ class DiffusionPolicyTask(_ChunkTask):
 
     Args:
         schedule / num_train_timesteps: the discrete VP path (``cosine`` = DP's
-            ``squaredcos_cap_v2``, 100 steps). state_norm / action_norm: default ``min_max``
+            ``squaredcos_cap_v2``, 100 steps). clip_sample: clip the predicted clean chunk
+            to [-1, 1] at every sampling step (as Diffusion Policy does). state_norm / action_norm: default ``min_max``
             (DP normalises to [-1, 1]). Other arguments as :class:`FlowPolicyTask`;
             sampler: default DDIM, 10 steps.
     """
@@ -318,13 +319,15 @@ class DiffusionPolicyTask(_ChunkTask):
     prediction = "noise"
 
     def __init__(self, state_norm: str = "min_max", action_norm: str = "min_max",
-                 schedule: str = "cosine", num_train_timesteps: int = 100, **kw: Any) -> None:
+                 schedule: str = "cosine", num_train_timesteps: int = 100,
+                 clip_sample: bool = True, **kw: Any) -> None:
         kw.setdefault("sampler", None)
         kw["sampler"] = kw["sampler"] or SamplerSpec(solver="ddim", steps=10)
         super().__init__(state_norm, action_norm, **kw)
         self.path = paths_mod.get("vp_discrete", schedule=schedule,
                                   num_train_timesteps=int(num_train_timesteps))
         self.t_sampler = timesteps_mod.get("discrete", path=self.path)
+        self.clip_sample = bool(clip_sample)
 
     def chunk_loss(self, model, batch, ctx):
         """``|| eps_hat(sqrt(abar_k) A + sqrt(1 - abar_k) eps, k, o) - eps ||^2`` over valid
@@ -340,6 +343,18 @@ class DiffusionPolicyTask(_ChunkTask):
         """DDIM (Song et al. 2021; eta = 0) or any toolkit solver, with the observation
         embedding computed once."""
         emb = model.net.encode_obs(obs)
-        return sample(lambda x, t: model.net.denoise(x, t, emb), x0, path=self.path,
-                      prediction="noise", solver=solver or self.sampler.solver,
+        path = self.path
+
+        def data_pred(x: Tensor, t: Tensor) -> Tensor:
+            # x1_hat = (x_t - sigma_t eps_hat) / alpha_t, clipped to the normalised action
+            # range [-1, 1] (DDPM's / Diffusion Policy's clip_sample; Ho et al. 2020 code):
+            # near pure noise alpha_t -> 0 and the unclipped estimate explodes.
+            t64 = t.to(torch.float64)
+            a = path.alpha(t64).clamp_min(1e-12).to(x.dtype)[:, None, None]  # (B, 1, 1)
+            sig = path.sigma(t64).to(x.dtype)[:, None, None]
+            x1 = (x - sig * model.net.denoise(x, t, emb)) / a  # (B, H, A)
+            return x1.clamp(-1.0, 1.0) if self.clip_sample else x1
+
+        return sample(data_pred, x0, path=path, prediction="data",
+                      solver=solver or self.sampler.solver,
                       steps=int(steps or self.sampler.steps), **dict(self.sampler.options))

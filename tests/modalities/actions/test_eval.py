@@ -44,3 +44,31 @@ def test_eval_and_collect_bad_input(run, tmp_path, capsys):
     assert "rtc='maybe': expected bool" in capsys.readouterr().err
     assert main(["data", "collect", "env=metaworld", "tsk=push-v3", f"root={tmp_path}"]) == 2
     assert "Did you mean 'task'" in capsys.readouterr().err
+
+
+def test_image_policy_collect_train_eval(tmp_path, capsys):
+    """Image observations end to end: render while collecting, train 2 steps with a camera
+    in the prefix, evaluate with rendered observations."""
+    from modalities.actions.eval import evaluate_policy_run
+    from modalities.actions.sim import MetaWorldEnv
+
+    try:
+        MetaWorldEnv("reach-v3", seed=0, image_size=16).reset(0)
+    except RuntimeError as e:
+        pytest.skip(f"no offscreen OpenGL (install libegl1 or libosmesa6): {e}")
+    run = tmp_path / "run"
+    train_recipe(compose_recipe("metaworld_flow_policy", [
+        *TINY, *TINY_BY_RECIPE["metaworld_flow_policy"], "data.collect.tasks=reach-v3",
+        "data.collect.image_size=32", "data.image_keys=[observation.images.corner]",
+        "model.cameras=[corner]", f"data.root={tmp_path / 'reach_img'}", f"run_dir={run}"]))
+    res = evaluate_policy_run(run, task="reach-v3", episodes=1, n_action_steps=16,
+                              max_steps=64, progress=False, write=False)
+    r = res["per_task"]["reach-v3"]
+    assert r["episodes"] == 1 and 1 <= res["chunk_latency_ms"]["count"] <= 4
+    import numpy as np
+
+    from modalities.actions.policy import Policy
+
+    with pytest.raises(KeyError, match="observation.images.corner"):
+        Policy.from_pretrained(run).select_action(
+            {"observation.state": np.zeros(39, np.float32)})

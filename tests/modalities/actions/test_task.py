@@ -129,6 +129,16 @@ def test_diffusion_task_loss_and_ddim(tmp_path):
     assert torch.isfinite(loss)
     out = task.predict_chunk(model, b, torch.Generator().manual_seed(0))
     assert out.shape == (8, H, A) and torch.isfinite(out).all()
+    # clip_sample: the clean-chunk estimate is clipped to [-1, 1] at every DDIM step, so
+    # even an untrained net's normalised sample stays in range (without it, the estimate
+    # (x - sigma eps) / alpha at alpha ~ 0 blows up: measured chunk MSE 1e3 on push-v3)
+    obs = task.model_obs(model, b)
+    x0 = torch.randn(8, H, A, generator=torch.Generator().manual_seed(1))
+    clipped = task.sample_normalized(model, obs, x0, 10, None)
+    assert clipped.abs().max() <= 1.0 + 1e-5
+    task.clip_sample = False
+    free = task.sample_normalized(model, obs, x0, 10, None)
+    assert free.abs().max() > clipped.abs().max()
 
 
 def _eval_loss(task, model, batch) -> float:
