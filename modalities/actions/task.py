@@ -311,9 +311,9 @@ class DiffusionPolicyTask(_ChunkTask):
     Args:
         schedule / num_train_timesteps: the discrete VP path (``cosine`` = DP's
             ``squaredcos_cap_v2``, 100 steps). clip_sample: clip the predicted clean chunk
-            to [-1, 1] at every sampling step (as Diffusion Policy does). state_norm / action_norm: default ``min_max``
-            (DP normalises to [-1, 1]). Other arguments as :class:`FlowPolicyTask`;
-            sampler: default DDIM, 10 steps.
+            to [-1, 1] at every sampling step (as Diffusion Policy does).
+            state_norm / action_norm: default ``min_max`` (DP normalises to [-1, 1]).
+            Other arguments as :class:`FlowPolicyTask`; sampler: default DDIM, 10 steps.
     """
 
     prediction = "noise"
