@@ -246,7 +246,38 @@ class _ChunkTask(Task):
                "val/chunk_mse": float(err / (valid.sum() * chunk.shape[-1]).clamp_min(1))}
         if self.clip_actions:  # reported, not silent
             res["val/clipped_actions"] = float(unwrap(model).normalizer.clipped.get(ACTION, 0))
+        plot_chunks(chunk.cpu(), vb[ACTION].cpu(), vb["action_is_pad"].cpu(),
+                    out_dir / f"step_{step:08d}.png", title=f"step {step}: sampled (dashed) vs "
+                    f"demonstrated (solid) action chunks, MSE {res['val/chunk_mse']:.4f}")
         return res
+
+
+def plot_chunks(pred: Tensor, true: Tensor, pad: Tensor, path: Path, title: str = "",
+                n: int = 4) -> Path:
+    """PNG of up to ``n`` validation chunks: one panel per sample, every action dimension
+    over the horizon, demonstrated (solid, padded steps hidden) vs sampled (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, pred.shape[0])
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
+    steps = torch.arange(pred.shape[1])
+    for i, ax in enumerate(axes[0]):
+        keep = ~pad[i].bool()  # (H,)
+        for d in range(pred.shape[2]):
+            color = f"C{d % 10}"
+            ax.plot(steps[keep], true[i, keep, d], color=color, lw=1.5)
+            ax.plot(steps, pred[i, :, d], color=color, lw=1.2, ls="--")
+        ax.set_xlabel("chunk step")
+        ax.set_title(f"sample {i}", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 class FlowPolicyTask(_ChunkTask):
