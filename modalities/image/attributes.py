@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -222,6 +220,8 @@ def load_or_train_classifier(config: ClassifierConfig | None = None,
     if weights.exists() and meta.exists():
         model.load_state_dict(load_file(weights))
         return model.eval()
+    from modalities.image.features import _atomic_write
+
     model, metrics = train_classifier(cfg, dcfg, cache_dir, log)
     folder.mkdir(parents=True, exist_ok=True)
     for path, write in (
@@ -230,15 +230,7 @@ def load_or_train_classifier(config: ClassifierConfig | None = None,
         (meta, lambda p: Path(p).write_text(json.dumps(
             {"config": asdict(cfg), "data_config": asdict(dcfg), "metrics": metrics}, indent=1))),
     ):
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _atomic_write(path, write)
     return model
 
 

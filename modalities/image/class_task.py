@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from conditioners.class_label import ClassConditioner
+from modalities.image.latent import to_images
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss, regression_loss
 from toolkit.train.tasks import SamplerSpec, StepContext, Task
@@ -178,13 +179,10 @@ class Class2ImgTask(Task):
         out = []
         for s in range(0, len(labels), batch_size):
             y = labels[s:s + batch_size].to(device)
-            out.append(spec.guided(
+            out.append(to_images(spec.guided(
                 model, x0[s:s + batch_size].to(device), self.path, self.prediction,
                 {"y": y}, {"y": torch.full_like(y, self.num_classes)}, scale=w, solver=solver,
-                steps=steps))
-            if self.latent is not None:
-                out[-1] = self.latent.decode(out[-1])
-            out[-1] = out[-1].clamp(-1, 1).cpu()
+                steps=steps), self.latent))
         return torch.cat(out)
 
     def validate(self, model: nn.Module, step: int, out_dir: Path,

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from modalities.image.codec import Codec, check_latent_shape
 
-__all__ = ["LatentDataset", "LatentSpace", "default_cache_dir", "resolve_codec"]
+__all__ = ["LatentDataset", "LatentSpace", "default_cache_dir", "resolve_codec", "to_images"]
 
 CODEC_DIR = "codec"
 
@@ -222,3 +222,11 @@ class LatentSpace:
         self.codec.to(device)
         return torch.cat([self.codec.decode(z).clamp(-1, 1).cpu()
                           for z in latents.split(batch_size)])
+
+
+def to_images(x: Tensor, latent: LatentSpace | None) -> Tensor:
+    """Solver output -> images in ``[-1, 1]`` on the CPU (decoded first when the flow runs
+    on a codec's latents)."""
+    if latent is not None:
+        x = latent.decode(x)
+    return x.clamp(-1, 1).cpu()

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from conditioners.base import Condition
 from conditioners.norm import ConditionNorm
+from modalities.image.latent import to_images
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss
 from toolkit.train.tasks import SamplerSpec, StepContext, Task
@@ -300,13 +301,10 @@ class Text2ImgTask(Task):
         for s in range(0, n, batch_size):
             chunk = caps[s:s + batch_size]
             cond = self.encode(chunk, device)
-            out.append(spec.guided(
+            out.append(to_images(spec.guided(
                 model, x0[s:s + batch_size].to(device), self.path, self.prediction,
                 {"cond": cond}, {"cond": m.null(len(chunk))}, scale=w, solver=solver,
-                steps=steps))
-            if self.latent is not None:
-                out[-1] = self.latent.decode(out[-1])
-            out[-1] = out[-1].clamp(-1, 1).cpu()
+                steps=steps), self.latent))
         return torch.cat(out)
 
     def validate(self, model: nn.Module, step: int, out_dir: Path,
