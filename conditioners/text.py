@@ -48,7 +48,9 @@ def _pack(entries: list[tuple[Tensor, Tensor]], device: torch.device, dtype: tor
     for i, (tok, _) in enumerate(entries):
         tokens[i, : tok.shape[0]] = tok
         mask[i, : tok.shape[0]] = True
-    pooled = torch.stack([e[1] for e in entries]).to(dtype)  # (B, Dp)
+    pooled = torch.zeros(b, entries[0][1].shape[0], dtype=dtype)  # (B, Dp)
+    for i, (_, pool) in enumerate(entries):  # (no torch.stack: it fails under CPU autocast)
+        pooled[i] = pool
     return Condition(pooled.to(device), tokens.to(device), mask.to(device))
 
 

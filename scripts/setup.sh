@@ -37,3 +37,13 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && \
    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libosmesa6 >/dev/null 2>&1; }) || \
     echo "setup: could not install libosmesa6 (optional; MuJoCo rendering falls back to EGL)" >&2
 fi
+
+# 5. text-to-speech engines for the offline speech corpus (modalities/audio/corpus.py). Best
+#    effort: tests that synthesise speech skip with a message when they are missing.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && \
+   { ! command -v espeak-ng >/dev/null 2>&1 || ! command -v flite >/dev/null 2>&1; }; then
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng flite >/dev/null 2>&1 || \
+   { apt-get update -q >/dev/null 2>&1 && \
+     DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng flite >/dev/null 2>&1; }) || \
+    echo "setup: could not install espeak-ng flite (optional; speech-corpus tests skip)" >&2
+fi

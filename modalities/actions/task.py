@@ -92,7 +92,11 @@ class _ChunkTask(Task):
     def __init__(self, state_norm: str = "mean_std", action_norm: str = "mean_std",
                  text: bool = False, text_path: str | None = None, text_kind: str = "auto",
                  text_max_length: int | None = None, clip_actions: bool = False,
-                 val_batch: int = 32, sampler: SamplerSpec | None = None) -> None:
+                 val_batch: int = 32, state_noise: float = 0.0,
+                 sampler: SamplerSpec | None = None) -> None:
+        if not state_noise >= 0.0:
+            raise ValueError(f"state_noise must be >= 0, got {state_noise}")
+        self.state_noise = float(state_noise)
         self.modes = {STATE: state_norm, ACTION: action_norm}
         self.use_text, self.text_args = bool(text), (text_path, text_kind, text_max_length)
         self.clip_actions, self.val_size = bool(clip_actions), int(val_batch)
@@ -185,6 +189,17 @@ class _ChunkTask(Task):
         if self.use_text:
             cond = self.text.encode(list(batch["task"]))
             obs["text"], obs["text_mask"] = cond.tokens.to(dev).float(), cond.mask.to(dev)
+        return obs
+
+    def train_obs(self, model: nn.Module, batch: Mapping[str, Any], ctx: StepContext
+                  ) -> dict[str, Any]:
+        """:meth:`model_obs` plus, when ``state_noise > 0``, Gaussian noise of that std on the
+        normalised state (training only; noise injection regularises behaviour cloning
+        from few demonstrations, e.g. Laskey et al. 2017, DART)."""
+        obs = self.model_obs(model, batch)
+        if self.state_noise > 0 and "state" in obs:
+            s = obs["state"]  # (B, S)
+            obs["state"] = s + self.state_noise * ctx.randn(s.shape, dtype=s.dtype).to(s.device)
         return obs
 
     def _targets(self, model: nn.Module, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
@@ -289,7 +304,8 @@ class FlowPolicyTask(_ChunkTask):
         text / text_path / text_kind / text_max_length: frozen instruction encoder
             (``text_kind="hash"``: ``text_path`` is its width, default 32).
         clip_actions: clamp unnormalised actions to the data range (counted).
-        val_batch: size of the fixed validation batch. sampler: default Euler, 10 steps.
+        val_batch: size of the fixed validation batch. state_noise: std of Gaussian noise
+            added to the normalised training states (0: none). sampler: default Euler, 10.
     """
 
     prediction = "velocity"
@@ -307,7 +323,7 @@ class FlowPolicyTask(_ChunkTask):
         x1, valid = self._targets(model, batch)
         x0 = ctx.randn(x1.shape, dtype=x1.dtype).to(x1.device)  # (B, H, A)
         t = ctx.sample_t(self.t_sampler, x1.shape[0], dtype=x1.dtype).to(x1.device)  # (B,)
-        obs = self.model_obs(model, batch)
+        obs = self.train_obs(model, batch, ctx)
         return cfm_loss(model, x1, x0, path=self.path, t=t, cond={"obs": obs},
                         mask=valid).loss
 
@@ -366,7 +382,7 @@ class DiffusionPolicyTask(_ChunkTask):
         x1, valid = self._targets(model, batch)
         x0 = ctx.randn(x1.shape, dtype=x1.dtype).to(x1.device)  # (B, H, A)
         t = ctx.sample_t(self.t_sampler, x1.shape[0], dtype=x1.dtype).to(x1.device)  # (B,)
-        obs = self.model_obs(model, batch)
+        obs = self.train_obs(model, batch, ctx)
         return regression_loss(model, x1, self.path, "noise", x0=x0, t=t, cond={"obs": obs},
                                mask=valid).loss
 

@@ -82,6 +82,9 @@ def test_cache_dtype_halves_disk_and_miss_equals_hit(minilm, tmp_path):
     assert pooled.shape == (20, 384) and tokens.shape == (int(a.mask.sum()), 384)
     with pytest.raises(ValueError, match="cache_dtype"):
         TextConditioner(backend=minilm.backend, cache_dtype="int8")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.mixed_precision=bf16 on CPU
+        c = warm(caps)
+    assert c.pooled.dtype == torch.float32 and torch.equal(c.pooled, b.pooled)
 
 
 def test_disk_cache_roundtrip(minilm, tmp_path):

@@ -96,7 +96,6 @@ class AttnBlock(nn.Module):
     def __init__(
         self, ch: int, num_heads: int, context_dim: int | None, groups: int, zero_init: bool,
         pos_embed: bool = False,
-        layout_attn: bool = False,
     ) -> None:
         super().__init__()
         if pos_embed and ch % 4:
@@ -179,6 +178,10 @@ class UNet(nn.Module):
         pos_embed: add 2-D sin-cos positions to the attention blocks' inputs.
         layout_attn: position-query cross-attention to the tokens feeding per-pixel FiLM
             (see the module docstring; needs ``token_dim``).
+        patch_size: fold ``p x p`` pixel blocks into channels before the first convolution
+            and unfold after the last (space-to-depth, lossless): the network runs at
+            ``H/p x W/p`` with ``p^2`` times the input channels, about 3x cheaper per step
+            for ``p=2`` on 32x32 images.
     """
 
     def __init__(
@@ -198,6 +201,7 @@ class UNet(nn.Module):
         zero_init: bool = True,
         pos_embed: bool = False,
         layout_attn: bool = False,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         mults = as_int_tuple(channel_mults, None, "channel_mults")
@@ -216,6 +220,9 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet: channel widths {chans} must be divisible by num_heads {num_heads}"
             )
+        if int(patch_size) < 1:
+            raise ValueError(f"UNet: patch_size must be >= 1, got {patch_size}")
+        self.patch = int(patch_size)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels or in_channels)
         self.pooled_dim, self.token_dim, self.n_levels = pooled_dim, token_dim, n_lv
         emb = 4 * base_channels
@@ -238,7 +245,8 @@ class UNet(nn.Module):
         def attn(ch: int) -> AttnBlock:
             return AttnBlock(ch, num_heads, ctx_dim, groups, zero_init, pos_embed)
 
-        self.conv_in = nn.Conv2d(self.in_channels, base_channels, 3, padding=1)
+        p2 = self.patch**2
+        self.conv_in = nn.Conv2d(self.in_channels * p2, base_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch = [base_channels], base_channels
         for lv, cout in enumerate(chans):
@@ -261,7 +269,7 @@ class UNet(nn.Module):
                     stage.append(Upsample(ch))
                 self.up.append(nn.ModuleList(stage))
         self.out = nn.Sequential(
-            _norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1)
+            _norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, self.out_channels * p2, 3, padding=1)
         )
         if zero_init:
             _zero(self.out[-1])
@@ -271,7 +279,7 @@ class UNet(nn.Module):
         return param_count(self, trainable_only)
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        """Predict ``(B, C_out, H, W)``; ``H, W`` must be divisible by ``2^(levels-1)``.
+        """Predict ``(B, C_out, H, W)``; ``H, W`` must be divisible by ``p 2^(levels-1)``.
 
         Args:
             x: noisy images ``(B, C, H, W)``. t: times ``(B,)`` in [0, 1].
@@ -281,7 +289,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        f = 2 ** (self.n_levels - 1)
+        f = self.patch * 2 ** (self.n_levels - 1)
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"UNet: image size {tuple(x.shape[2:])} is not divisible by {f}")
         b = x.shape[0]
@@ -292,15 +300,17 @@ class UNet(nn.Module):
         if pooled is not None:
             emb = emb + self.pooled_embed(pooled.to(dt))
         ctx = self.token_proj(tokens.to(dt)) if tokens is not None else None  # (B, S, E)
+        x_in = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x  # (B, C p^2, H/p, W/p)
         emb_map = None
         if self.layout is not None and ctx is not None:
             # the layout map lives at the second level's resolution (half size) and
             # modulates that level and the coarser ones; full resolution keeps global FiLM
-            lh, lw = (x.shape[2] // 2, x.shape[3] // 2) if self.n_levels > 1 else x.shape[2:]
+            hh, ww = x_in.shape[2:]
+            lh, lw = (hh // 2, ww // 2) if self.n_levels > 1 else (hh, ww)
             pos = sincos_2d(lh, lw, emb.shape[-1]).to(emb)  # (hw, E)
             lay = self.layout(pos.expand(b, -1, -1), ctx, key_mask=mask)  # (B, hw, E)
             emb_map = emb[:, :, None, None] + lay.transpose(1, 2).reshape(b, -1, lh, lw)
-        h = self.conv_in(x.to(dt))
+        h = self.conv_in(x_in.to(dt))
         hs = [h]
         for stage in self.down:
             h = _run(stage, h, emb, ctx, mask, emb_map)
@@ -308,5 +318,6 @@ class UNet(nn.Module):
         h = _run(self.mid, h, emb, ctx, mask, emb_map)
         for stage in self.up:
             h = _run(stage, torch.cat([h, hs.pop()], dim=1), emb, ctx, mask, emb_map)
-        return self.out(h).to(x.dtype)
+        h = self.out(h)  # (B, C_out p^2, H/p, W/p)
+        return (F.pixel_shuffle(h, self.patch) if self.patch > 1 else h).to(x.dtype)
 

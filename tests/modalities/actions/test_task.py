@@ -100,6 +100,24 @@ def test_setup_fits_normalizer_and_loss_ignores_padding(tmp_path):
     assert set(res) == {"val/loss", "val/chunk_mse"}
 
 
+def test_state_noise_perturbs_training_states_only(tmp_path):
+    data, task, model = flow_setup(tmp_path)
+    b = batch_of(data, range(8))
+    clean = task.model_obs(model, b)["state"]
+    ctx = StepContext(0, 0, torch.Generator().manual_seed(3))
+    assert torch.equal(task.train_obs(model, b, ctx)["state"], clean)  # default: no noise
+    task.state_noise = 0.5
+    noisy = task.train_obs(model, b, ctx)["state"]
+    assert 0.3 < (noisy - clean).std().item() < 0.7
+    assert torch.equal(task.model_obs(model, b)["state"], clean)  # inference stays clean
+    l1 = task.loss(model, b, StepContext(0, 0, torch.Generator().manual_seed(3)))["loss"]
+    task.state_noise = 0.0
+    l0 = task.loss(model, b, StepContext(0, 0, torch.Generator().manual_seed(3)))["loss"]
+    assert torch.isfinite(l1) and not torch.allclose(l0, l1)
+    with pytest.raises(ValueError, match="state_noise"):
+        FlowPolicyTask(state_noise=-0.1)
+
+
 def test_setup_rejects_mismatched_data(tmp_path):
     task = FlowPolicyTask(val_batch=0)
     model = task.wrap_model(FlowPolicyNet(S + 4, A, H, width=32, depth=1, heads=2))

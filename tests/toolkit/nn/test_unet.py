@@ -135,3 +135,29 @@ def test_layout_attn_makes_the_caption_address_pixels():
     assert (d.std(1) > 1e-3 * d.mean(1)).all()
     with pytest.raises(ValueError, match="layout_attn needs condition tokens"):
         UNet(layout_attn=True, **{**kw, "token_dim": None})
+
+
+def test_patch_size_runs_at_reduced_resolution_and_keeps_the_contract():
+    torch.manual_seed(0)
+    net = UNet(channel_mults=(1, 2), pooled_dim=6, token_dim=8, patch_size=2, zero_init=False,
+               layout_attn=True, **SMALL)
+    assert net.conv_in.in_channels == 12 and net.out[-1].out_channels == 12
+    x, t, c = torch.randn(2, 3, 8, 8), torch.rand(2), _cond()
+    seen = []
+    hook = net.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out = net(x, t, cond=c)
+    hook.remove()
+    assert out.shape == x.shape and seen == [torch.Size([2, 8, 4, 4])]
+    # space-to-depth is lossless: the output layer's channel (c, dy, dx) lands on pixel
+    # (2i + dy, 2j + dx) of channel c, so perturbing one unfolded channel moves one phase only
+    with torch.no_grad():
+        net.out[-1].bias[5] += 1.0  # channel c=1, (dy, dx) = (0, 1)
+    diff = (net(x, t, cond=c) - out).abs()
+    assert torch.allclose(diff[:, 1, 0::2, 1::2], torch.ones(2, 4, 4), atol=1e-5)
+    assert diff.sum().item() == pytest.approx(diff[:, 1, 0::2, 1::2].sum().item(), rel=1e-5)
+    zero = UNet(channel_mults=(1, 2), patch_size=2, **SMALL)
+    assert torch.count_nonzero(zero(x, t)) == 0
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        UNet(channel_mults=(1, 2), patch_size=2, **SMALL)(torch.randn(1, 3, 6, 6), torch.rand(1))
+    with pytest.raises(ValueError, match="patch_size"):
+        UNet(patch_size=0, **SMALL)
