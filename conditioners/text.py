@@ -62,7 +62,8 @@ class TextConditioner(Conditioner):
             ``kind="open_clip"``, a checkpoint file. See :func:`load_text_backend`.
         kind: "auto", "minilm", "hf", "clip", "t5" or "open_clip".
         backend: an already built :class:`TextBackend` (then ``path``/``kind`` are unused).
-        max_length / normalize / model_name: passed to :func:`load_text_backend`.
+        max_length / normalize / model_name / hidden_layer: passed to
+            :func:`load_text_backend` (``hidden_layer``: token states of that layer).
         p_drop: default CFG drop probability.
         null: "learned" (parameters initialised from the encoding of the empty caption),
             "empty" (the fixed encoding of "") or "zero" (one zero token, zero pooled).
@@ -81,7 +82,7 @@ class TextConditioner(Conditioner):
         backend: TextBackend | None = None, max_length: int | None = None,
         normalize: bool | None = None, model_name: str | None = None, p_drop: float = 0.1,
         null: str = "learned", cache_size: int = 4096, cache_dir: str | Path | None = None,
-        batch_size: int = 256, cache_dtype: str = "float16",
+        batch_size: int = 256, cache_dtype: str = "float16", hidden_layer: int | None = None,
     ) -> None:
         super().__init__(p_drop, null)
         dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -90,7 +91,8 @@ class TextConditioner(Conditioner):
                              f"{cache_dtype!r}")
         if backend is None:
             backend = load_text_backend(path, kind=kind, max_length=max_length,
-                                        normalize=normalize, model_name=model_name)
+                                        normalize=normalize, model_name=model_name,
+                                        hidden_layer=hidden_layer)
         object.__setattr__(self, "backend", backend)  # unregistered: frozen, not saved
         self.cache = EmbeddingCache(cache_size, dtypes[cache_dtype])
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None

@@ -73,10 +73,15 @@ class HFTextBackend(TextBackend):
         pooling: "mean" (masked mean of token states) or "eos" (the model's pooler output).
         normalize: L2-normalise the pooled vector. max_length: truncation length.
         name: a label for the fingerprint (e.g. the folder path).
+        hidden_layer: take the token states (and, for mean pooling, the pooled vector) from
+            this hidden layer instead of the last: 0 = the embedding layer (word + position
+            embeddings, no context mixing), ``k`` = after block ``k``, negative counts from
+            the end (-2 = penultimate, "clip skip"). None = last layer.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, pooling: str = "mean",
-                 normalize: bool = False, max_length: int = 77, name: str = "") -> None:
+                 normalize: bool = False, max_length: int = 77, name: str = "",
+                 hidden_layer: int | None = None) -> None:
         super().__init__()
         if pooling not in ("mean", "eos"):
             raise unknown_name_error("text pooling", pooling, ("mean", "eos"))
@@ -86,8 +91,16 @@ class HFTextBackend(TextBackend):
         cfg = model.config
         self.token_dim = int(getattr(cfg, "hidden_size", None) or cfg.d_model)
         self.pooled_dim = self.token_dim
+        n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None)
+        if hidden_layer is not None and n_layers is not None and not (
+                -n_layers - 1 <= int(hidden_layer) <= n_layers):
+            raise ValueError(f"hidden_layer={hidden_layer} is outside the encoder's hidden states "
+                             f"(0..{n_layers}, or -{n_layers + 1}..-1)")
+        self.hidden_layer = None if hidden_layer is None else int(hidden_layer)
         self.fingerprint = (f"{type(model).__name__}|{name}|{pooling}|norm={self.normalize}|"
                             f"len={self.max_length}")
+        if self.hidden_layer is not None:
+            self.fingerprint += f"|layer={self.hidden_layer}"  # old caches stay valid
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -97,8 +110,10 @@ class HFTextBackend(TextBackend):
                                max_length=self.max_length, return_tensors="pt")
         ids = batch["input_ids"].to(dev)  # (B, L)
         mask = batch["attention_mask"].to(dev).bool()  # (B, L)
-        out = self.model(input_ids=ids, attention_mask=mask.long())
-        h = out.last_hidden_state  # (B, L, D)
+        layer = self.hidden_layer
+        out = self.model(input_ids=ids, attention_mask=mask.long(),
+                         output_hidden_states=layer is not None)
+        h = out.last_hidden_state if layer is None else out.hidden_states[layer]  # (B, L, D)
         pooled = out.pooler_output if self.pooling == "eos" else masked_mean(h, mask)
         if self.normalize:
             pooled = nn.functional.normalize(pooled, dim=-1)
@@ -190,6 +205,7 @@ def _load_open_clip(path: str | Path, model_name: str | None, normalize: bool) -
 def load_text_backend(
     path: str | Path | None = None, *, kind: str = "auto", max_length: int | None = None,
     normalize: bool | None = None, model_name: str | None = None,
+    hidden_layer: int | None = None,
 ) -> TextBackend:
     """Load a frozen text encoder from a local folder (MiniLM when ``path`` is None).
 
@@ -201,10 +217,14 @@ def load_text_backend(
         normalize: L2-normalise the pooled vector (default: True for sentence-transformers
             folders with a Normalize module, else False).
         model_name: open_clip architecture name (``kind="open_clip"`` only).
+        hidden_layer: token states from this hidden layer (transformers models; see
+            :class:`HFTextBackend`). None = last.
     """
     if kind not in BACKEND_KINDS:
         raise unknown_name_error("text encoder kind", kind, BACKEND_KINDS)
     if kind == "open_clip":
+        if hidden_layer is not None:
+            raise ValueError("hidden_layer is not supported for open_clip text towers")
         if path is None:
             raise ValueError("kind='open_clip' needs path= to a local checkpoint file")
         return _load_open_clip(path, model_name, bool(normalize))
@@ -233,4 +253,5 @@ def load_text_backend(
         max_length = int(st_len or min(limit, tok_len if tok_len < 10**6 else limit))
     pooling = "eos" if kind == "clip" else "mean"
     return HFTextBackend(model, tokenizer, pooling=pooling, normalize=bool(normalize),
-                         max_length=max_length, name=f"{kind}|{folder.resolve()}")
+                         max_length=max_length, name=f"{kind}|{folder.resolve()}",
+                         hidden_layer=hidden_layer)

@@ -3,7 +3,8 @@
 - ``toolkit train recipe=NAME [key=value ...]``: train a recipe (Hydra-style overrides,
   e.g. ``trainer.max_steps=2000 data.root=/my/images resume=latest``).
 - ``toolkit sample checkpoint=RUN_DIR prompt="a red circle at the top left" n=16``: a PNG
-  grid of samples (``prompt=`` may repeat; ``steps= cfg= solver= out= seed=``).
+  grid of samples (``prompt=`` may repeat; ``steps= cfg= solver= out= seed=``). For a
+  text-to-speech run: ``text="..." speaker=NAME out=out.wav`` writes a WAV and a mel plot.
 - ``toolkit eval checkpoint=RUN_DIR [n=500]``: what the run's kind calls for, next to a
   real-data reference; writes ``RUN_DIR/eval.json``. Text-to-image: prompt-following
   accuracy on held-out captions. Class-conditional: FD-local, precision/recall, class
@@ -118,7 +119,42 @@ def _parse_kv(args: list[str], spec: dict[str, Any], cmd: str) -> dict[str, obje
     return out
 
 
+_TTS_SAMPLE_KEYS = {"checkpoint": str, "text": str, "phonemes": str, "speaker": str, "ref": str,
+                    "out": str, "steps": int, "solver": str, "seed": int, "length_scale": float,
+                    "w_text": float, "w_spk": float, "temperature": float, "gl_iters": int,
+                    "ckpt": str}
+
+
+def _cmd_sample_tts(args: argparse.Namespace) -> int:
+    """``toolkit sample`` for text-to-speech runs: one WAV plus its mel plot."""
+    try:
+        from toolkit.kv import parse_key_values
+
+        kv = parse_key_values(args.args, _TTS_SAMPLE_KEYS, "sample", hidden=("ckpt",))
+        from modalities.audio.synth import sample_tts_run
+
+        wav, png, info = sample_tts_run(
+            kv["checkpoint"], kv.get("text"), speaker=kv.get("speaker"),
+            phonemes=kv.get("phonemes"), ref=kv.get("ref"), out=kv.get("out"),
+            seed=int(kv.get("seed", 0)), checkpoint=kv.get("ckpt", "latest"),
+            steps=kv.get("steps"), solver=kv.get("solver"),
+            length_scale=kv.get("length_scale"), w_text=kv.get("w_text"),
+            w_spk=kv.get("w_spk"), temperature=kv.get("temperature"),
+            gl_iters=kv.get("gl_iters"))
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"toolkit sample: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{info['seconds']:.2f} s of audio ({int(info['frames'])} frames) in "
+          f"{info['synthesis_s']:.2f} s")
+    print(png)
+    print(wav)
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    run = next((a.partition("=")[2] for a in args.args if a.startswith("checkpoint=")), None)
+    if run and _run_task(run).endswith("TextToSpeechTask"):
+        return _cmd_sample_tts(args)
     try:
         kv = _parse_kv(args.args, _SAMPLE_KEYS, "sample")
         from modalities.image.sample import sample_run
@@ -212,8 +248,14 @@ groups: trainer.*, model.*, data.*, task.*, sampler.* (see `toolkit recipes`).""
 _SAMPLE_EPILOG = """keys: checkpoint=RUN_DIR (required), prompt=TEXT (repeatable, or a list),
   n=16 (samples per prompt), steps=, cfg= (guidance scale), solver=, seed=0,
   out=PATH (default RUN_DIR/samples/sample_SEED.png), ckpt=latest|CHECKPOINT_DIR
-example:
-  toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16"""
+text-to-speech runs (text2speech_cfm): text=TEXT (or phonemes=IPA), speaker=NAME (default the
+  first; a unique suffix such as f3 works), ref=WAV (reference-encoder runs), out=PATH.wav
+  (a mel plot PATH.png is written beside it), steps=, solver=, seed=0, length_scale=1,
+  w_text=, w_spk= (separate guidance scales), temperature=, gl_iters=32 (Griffin-Lim)
+examples:
+  toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16
+  toolkit sample checkpoint=runs/text2speech_cfm text="the quick brown fox" speaker=f3 \\
+    out=fox.wav"""
 
 _EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out captions;
   class2img: 1000 class-balanced samples; tokenizers: held-out images, default all), steps=,
@@ -281,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list recipes with one-line descriptions").set_defaults(
         fn=_cmd_recipes)
     sa = sub.add_parser(
-        "sample", help='samples as a PNG grid: toolkit sample checkpoint=RUN_DIR prompt="..."',
-        description="Sample a trained text-to-image run into one captioned PNG grid.",
+        "sample", help='samples: toolkit sample checkpoint=RUN_DIR prompt="..." | text="..."',
+        description="Sample a trained text-to-image run into one captioned PNG grid, or speak "
+                    "a sentence with a text-to-speech run (WAV + mel plot).",
         epilog=_SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sa.add_argument("args", nargs="*", metavar="key=value")
     sa.set_defaults(fn=_cmd_sample)

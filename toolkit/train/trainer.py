@@ -249,6 +249,7 @@ class Trainer:
                                      self.rank, self.seed, self.step * self.cfg.grad_accum)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+            collate_fn=getattr(self.dataset, "collate_fn", None),  # e.g. padding speech batches
             generator=torch.Generator().manual_seed(self.seed))  # keeps global RNG untouched
         return iter(loader)
 

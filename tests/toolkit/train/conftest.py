@@ -41,6 +41,12 @@ TINY_BY_RECIPE["class2img_latent_cfm"] = [
 TINY_BY_RECIPE["text2img_latent_cfm"] = [
     "model.base_channels=8", "model.num_heads=2", "model.num_res_blocks=1", "data.n=16",
     "task.val_prompts=2", "task.val_per_prompt=1", "sampler.steps=2"]
+TINY_BY_RECIPE["text2speech_cfm"] = [
+    "model.enc_dim=16", "model.enc_depth=1", "model.prenet_layers=1", "model.spk_dim=8",
+    "model.dp_channels=8", "model.dec_channels=[8,16]", "model.dec_heads=2",
+    "model.ref_hidden=8", "data.n_utterances=8", "data.n_sentences=8", "data.n_speakers=3",
+    "data.heldout_fraction=0.125", "task.segment_frames=32", "task.val_samples=1",
+    "task.griffin_lim_iters=2", "sampler.steps=2"]
 
 
 _POLICY = ["model.width=32", "model.depth=1", "model.heads=2", "data.collect.episodes=1",
@@ -53,7 +59,14 @@ TINY_BY_RECIPE["metaworld_diffusion_policy"] = [
 
 
 def tiny_data_overrides(recipe: str, root: Path) -> list[str]:
-    """Per-test data locations: Meta-World demonstrations are collected under ``root``."""
+    """Per-test data locations: Meta-World demonstrations are collected under ``root``;
+    the speech recipes need espeak-ng and flite (skipped without them)."""
+    if recipe.startswith("text2speech"):
+        import shutil
+
+        if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+            pytest.skip("espeak-ng and flite not installed (apt-get install espeak-ng flite)")
+        return []
     if recipe.startswith("metaworld"):
         pytest.importorskip("metaworld", reason="the robot extra (uv sync --extra robot)")
         pytest.importorskip("lerobot", reason="the robot extra (uv sync --extra robot)")
