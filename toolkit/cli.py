@@ -9,6 +9,8 @@
   real-data reference; writes ``RUN_DIR/eval.json``. Text-to-image: prompt-following
   accuracy on held-out captions. Class-conditional: FD-local, precision/recall, class
   accuracy (``bpd=N``: bits/dim of N held-out images). Tokenizers: held-out PSNR.
+  Text-to-speech: speaker accuracy, phoneme error rate, MCD-DTW, F0 RMSE, durations and
+  real-time factor on held-out sentences (``n=50 steps= w_text= w_spk= gl_iters=``).
 - ``toolkit recipes``: list the recipes with one-line descriptions.
 - ``toolkit data collect env=metaworld task=push-v3 episodes=50 root=DIR``: scripted-expert
   demonstrations into a local LeRobotDataset v3.
@@ -105,7 +107,8 @@ _SAMPLE_KEYS = {"checkpoint": str, "prompt": str, "n": int, "steps": int, "cfg":
 _EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float, "solver": str,
               "seed": int, "batch_size": int, "ckpt": str, "bpd": int, "env": str, "task": str,
               "episodes": int, "n_action_steps": int, "rtc": "bool", "delay": int,
-              "seed_offset": int, "threads": int}
+              "seed_offset": int, "threads": int, "w_text": float, "w_spk": float,
+              "gl_iters": int}
 
 
 def _parse_kv(args: list[str], spec: dict[str, Any], cmd: str) -> dict[str, object]:
@@ -181,6 +184,27 @@ def _run_task(run_dir: str) -> str:
         return ""
 
 
+def _cmd_eval_tts(kv: dict[str, Any]) -> int:
+    """``toolkit eval`` for text-to-speech runs: speaker accuracy, PER, MCD, F0, durations and
+    the real-time factor on held-out sentences (:mod:`modalities.audio.tts_eval`)."""
+    try:
+        from modalities.audio.tts_eval import evaluate_tts_run, format_tts_report
+
+        res = evaluate_tts_run(
+            kv["checkpoint"], int(kv.get("n", 50)), steps=kv.get("steps"),
+            solver=kv.get("solver"), w_text=kv.get("w_text"), w_spk=kv.get("w_spk"),
+            seed=int(kv.get("seed", 0)),
+            checkpoint=kv.get("ckpt", "latest"), gl_iters=int(kv.get("gl_iters", 32)),
+            batch_size=int(kv.get("batch_size", 8)), threads=kv.get("threads"))
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"toolkit eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_tts_report(res))
+    print(f"wrote {kv['checkpoint']}/eval.json (WAVs and mels.png in "
+          f"{Path(kv['checkpoint']) / 'eval'})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
@@ -196,6 +220,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 threads=int(kv.get("threads", 1)))
             print(format_policy_report(res))
             return 0
+        if _run_task(kv["checkpoint"]).endswith("TextToSpeechTask"):
+            return _cmd_eval_tts(kv)
         if _run_task(kv["checkpoint"]).endswith("CodecTask"):
             from modalities.image.codec_eval import evaluate_codec_run, format_codec_report
 
@@ -266,10 +292,16 @@ _EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out
 text2img runs: per-attribute prompt-following accuracy vs real images;
 class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID);
 tokenizer runs (vae_train, vq_train, vae_shapes): held-out PSNR, codebook use, rFD-local
+text2speech runs: n=50 held-out utterances (same text + speaker as a real recording), steps=,
+  solver=, w_text=, w_spk= (guidance), seed=0, gl_iters=32 (Griffin-Lim), threads= (the
+  multi-thread real-time factor; default torch's); speaker accuracy and phoneme error rate
+  of networks trained on the corpus (cached), MCD-DTW, F0 RMSE, duration errors, real-time
+  factor, next to real audio and its Griffin-Lim resynthesis; WAVs + mels.png in RUN_DIR/eval/
 examples:
   toolkit eval checkpoint=runs/text2img_cfm n=500
   toolkit eval checkpoint=runs/class2img_cfm n=1000 bpd=200
   toolkit eval checkpoint=runs/vae_train
+  toolkit eval checkpoint=runs/text2speech_cfm n=50 steps=10
   toolkit eval checkpoint=runs/metaworld_flow_policy env=metaworld task=push-v3 episodes=50"""
 
 
@@ -330,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("args", nargs="*", metavar="key=value")
     sa.set_defaults(fn=_cmd_sample)
     ev = sub.add_parser(
-        "eval", help="evaluate a run (prompt following, FD-local, PSNR): checkpoint=RUN_DIR",
+        "eval", help="evaluate a run (prompt following, FD-local, PSNR, TTS): checkpoint=RUN_DIR",
         description="text2img runs: per-attribute accuracy of samples for held-out captions "
                     "(unseen compositions) next to real images of the same captions. "
                     "class2img runs: FD-local, precision/recall (k=3) and class accuracy "
                     "next to real-vs-real, bits/dim with bpd=N. Tokenizer runs: held-out "
-                    "reconstruction PSNR. Writes RUN_DIR/eval.json.",
+                    "reconstruction PSNR. Text-to-speech runs: speaker accuracy, PER, MCD, "
+                    "F0 RMSE, durations and real-time factor on held-out sentences next to "
+                    "the real recordings. Writes RUN_DIR/eval.json.",
         epilog=_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("args", nargs="*", metavar="key=value")
     ev.set_defaults(fn=_cmd_eval)
