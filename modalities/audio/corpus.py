@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from modalities.audio.io import _UMASK, load_audio, save_wav
+from modalities.audio.io import load_audio, save_wav
 from modalities.audio.sentences import make_sentences, split_sentences
 from modalities.audio.tts import (
     ENGINES,
@@ -50,6 +50,7 @@ from modalities.audio.tts import (
     phonemize,
     speak,
 )
+from toolkit.files import UMASK, cache_root
 
 _VERSION = 1  # bump when synthesis or storage changes (invalidates caches)
 
@@ -111,8 +112,7 @@ def resolve_speakers(config: CorpusConfig) -> tuple[Speaker, ...]:
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/speech`` if set, else ``~/.cache/toolkit/speech``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "speech"
+    return cache_root("speech")
 
 
 def corpus_key(config: CorpusConfig, speakers: tuple[Speaker, ...], versions: dict) -> str:
@@ -244,7 +244,7 @@ def build_corpus(config: CorpusConfig | None = None, cache_dir: str | Path | Non
         info = {"version": _VERSION, "config": _config_record(config),
                 "speakers": [asdict(s) for s in speakers], "tools": versions}
         (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp creates 0700
         try:
             os.rename(tmp, final)
         except OSError:

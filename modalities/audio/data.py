@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -32,14 +30,14 @@ from torch.utils.data import Dataset
 from modalities.audio.features import MelConfig, MelSpec
 from modalities.audio.io import resample_wave
 from modalities.audio.text import SYMBOL_SET, text_to_phonemes
+from toolkit.files import atomic_write, cache_root
 
 _VERSION = 1  # bump when the cached content changes
 
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/speech_mels`` if set, else ``~/.cache/toolkit/speech_mels``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "speech_mels"
+    return cache_root("speech_mels")
 
 
 def source_fingerprint(source: Any) -> dict:
@@ -57,15 +55,7 @@ def source_fingerprint(source: Any) -> dict:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _metadata(source: Any) -> list[dict]:

@@ -9,8 +9,6 @@ thread count up to float32 rounding.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +17,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once: os.umask is process-wide, so not toggled per call
+from toolkit.files import atomic_write
 
 
 def resample_wave(wave: Tensor, orig_rate: int, new_rate: int) -> Tensor:
@@ -100,17 +91,8 @@ def save_wav(path: str | Path, wave: Tensor | np.ndarray, sample_rate: int,
     data = x.T if x.ndim == 2 else x  # (T, C) or (T,)
     if subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, data, int(sample_rate), subtype=subtype, format="WAV")
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: sf.write(tmp, data, int(sample_rate),
+                                                    subtype=subtype, format="WAV"))
 
 
 def collate_speech(batch: list[dict]) -> dict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from modalities.audio.features import MelConfig
 from modalities.audio.text import SYMBOL_SET
 from modalities.audio.vocoder import ConvNeXtBlock
+from toolkit.files import atomic_write, cache_root
 
 _VERSION = 1
 IGNORED = " !'\"(),-.:;?ˈˌ"  # not recognised: word boundaries, punctuation, stress marks
@@ -266,15 +266,7 @@ def train_metric_net(kind: str, mels: Sequence[Tensor], labels: Sequence[Any],
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/speech_metrics`` if set, else ``~/.cache/toolkit/speech_metrics``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "speech_metrics"
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    from modalities.image.features import _atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write)
+    return cache_root("speech_metrics")
 
 
 def load_or_train(kind: str, corpus: Any, mel_config: MelConfig,
@@ -320,9 +312,9 @@ def load_or_train(kind: str, corpus: Any, mel_config: MelConfig,
         metrics.update(ceilings(model, heldout, mel_config))
     info = {"kind": kind, "config": asdict(c), "speakers": list(corpus.speakers),
             "data": corpus.key, "mel": mel_config.to_dict(), "metrics": metrics}
-    _atomic(weights, lambda p: save_file({k: v.contiguous()
+    atomic_write(weights, lambda p: save_file({k: v.contiguous()
                                           for k, v in model.state_dict().items()}, p))
-    _atomic(meta, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
+    atomic_write(meta, lambda p: Path(p).write_text(json.dumps(info, indent=1)))
     return model, info
 
 

@@ -24,7 +24,6 @@ stored reference mel per speaker in ``speaker_refs.pt``), registered as a run as
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from modalities.audio import align
 from modalities.audio.features import MelConfig
 from modalities.audio.text import SYMBOL_SET, text_to_phonemes
 from toolkit import timesteps as timesteps_mod
+from toolkit.files import atomic_write
 from toolkit.train.tasks import SamplerSpec, StepContext, Task, register_run_asset
 
 DEFAULT_VAL_TEXTS = ("The quick brown fox jumps over the lazy dog.",
@@ -145,13 +145,11 @@ class TextToSpeechTask(Task):
                 i = max(utts, key=lambda j: dataset.mel_lengths[j])
                 refs.append(self._crop(dataset.mels[i].float(), 0))
             self.speaker_refs = torch.stack(refs)  # (n_spk, n_mels, ref_frames)
-            tmp = run_dir / f".speaker_refs.pt.{os.getpid()}"
-            torch.save(self.speaker_refs, tmp)
-            os.replace(tmp, run_dir / "speaker_refs.pt")
+            refs_t = self.speaker_refs
+            atomic_write(run_dir / "speaker_refs.pt", lambda tmp: torch.save(refs_t, tmp))
             info["refs"] = "speaker_refs.pt"
-        tmp = run_dir / f".speakers.json.{os.getpid()}"
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, run_dir / "speakers.json")
+        atomic_write(run_dir / "speakers.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
         register_run_asset(run_dir, "task.speakers_file", "speakers.json")
 
     def _crop(self, mel: Tensor, start: int) -> Tensor:

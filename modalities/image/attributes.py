@@ -220,7 +220,7 @@ def load_or_train_classifier(config: ClassifierConfig | None = None,
     if weights.exists() and meta.exists():
         model.load_state_dict(load_file(weights))
         return model.eval()
-    from modalities.image.features import _atomic_write
+    from toolkit.files import atomic_write
 
     model, metrics = train_classifier(cfg, dcfg, cache_dir, log)
     folder.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def load_or_train_classifier(config: ClassifierConfig | None = None,
         (meta, lambda p: Path(p).write_text(json.dumps(
             {"config": asdict(cfg), "data_config": asdict(dcfg), "metrics": metrics}, indent=1))),
     ):
-        _atomic_write(path, write)
+        atomic_write(path, write)
     return model
 
 

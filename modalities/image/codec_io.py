@@ -21,6 +21,7 @@ from modalities.image.codec import (
     PixelCodec,
     check_latent_shape,
 )
+from toolkit.files import atomic_write
 from toolkit.registry import Registry
 
 
@@ -157,15 +158,6 @@ def load_codec(spec: str | Mapping[str, Any] | Codec | os.PathLike, **kwargs: An
     return CODECS[str(spec)](**kwargs)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_codec(codec: Codec, directory: str | os.PathLike) -> Path:
     """Write ``codec.safetensors`` (full state dict) and ``codec.json`` (name, config, shapes)
     into ``directory``, each atomically (temp file + ``os.replace``; weights first)."""
@@ -177,8 +169,8 @@ def save_codec(codec: Codec, directory: str | os.PathLike) -> Path:
     meta = {"name": codec.codec_name, "config": codec.get_config(), "format": 1,
             "image_channels": codec.image_channels, "latent_channels": codec.latent_channels,
             "downsample": codec.downsample}
-    _atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
-    _atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, p))
+    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     return out
 
 

@@ -39,6 +39,8 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from toolkit.files import cache_root
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35), "green": (40, 185, 55), "blue": (45, 85, 235), "yellow": (240, 220, 40),
     "purple": (160, 55, 215), "cyan": (40, 210, 225), "white": (240, 240, 240),
@@ -228,8 +230,7 @@ def generate(split: str, n: int, config: ShapesConfig | None = None
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/shapes`` if set, else ``~/.cache/toolkit/shapes``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "shapes"
+    return cache_root("shapes")
 
 
 def cache_key(split: str, n: int, config: ShapesConfig) -> str:

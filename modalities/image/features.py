@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from toolkit.files import atomic_write, cache_root
 from toolkit.train.steps import supervised_step
 
 __all__ = ["FeatureNet", "FeatureTrainConfig", "as_images", "cache_key", "cached_feature_net",
@@ -253,8 +252,7 @@ def _config(config: FeatureTrainConfig | None, overrides: dict[str, Any]) -> Fea
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/features`` if set, else ``~/.cache/toolkit/features``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "features"
+    return cache_root("features")
 
 
 def cache_key(dataset_key: str, image_shape: Sequence[int], config: FeatureTrainConfig) -> str:
@@ -266,19 +264,6 @@ def cache_key(dataset_key: str, image_shape: Sequence[int], config: FeatureTrain
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset_key).strip("._")[:64] or "data"
     return (f"{slug}-{'x'.join(map(str, shape))}-seed{config.seed}-"
             f"{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` into a temp file in ``path``'s folder, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def cached_feature_net(dataset_key: str, build_dataset: Callable[[], ImageDataset],
@@ -339,8 +324,8 @@ def cached_feature_net(dataset_key: str, build_dataset: Callable[[], ImageDatase
             "metrics": train_info, "version": _VERSION}
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    _atomic_write(weights, lambda p: save_file(state, p))
-    _atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+    atomic_write(weights, lambda p: save_file(state, p))
+    atomic_write(meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
     if info is not None:
         info.update(meta, loaded=False, key=key, path=str(folder))
     return net

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from modalities.image.codec import Codec, check_latent_shape
+from toolkit.files import cache_root
 
 __all__ = ["LatentDataset", "LatentSpace", "default_cache_dir", "resolve_codec", "to_images"]
 
@@ -40,8 +41,7 @@ CODEC_DIR = "codec"
 
 def default_cache_dir() -> Path:
     """``$TOOLKIT_CACHE/latents`` if set, else ``~/.cache/toolkit/latents``."""
-    root = os.environ.get("TOOLKIT_CACHE") or Path.home() / ".cache" / "toolkit"
-    return Path(root) / "latents"
+    return cache_root("latents")
 
 
 def resolve_codec(spec: Any) -> Codec:
