@@ -240,7 +240,8 @@ def load_text_backend(
     if kind == "auto":
         kind = ("clip" if model_type.startswith("clip") else
                 "t5" if model_type in ("t5", "mt5", "umt5") else "hf")
-    cls = {"clip": tf.CLIPTextModel, "t5": tf.T5EncoderModel}.get(kind, tf.AutoModel)
+    # Touch only the class in use: importing an unrelated one can fail on a missing optional dep.
+    cls = getattr(tf, {"clip": "CLIPTextModel", "t5": "T5EncoderModel"}.get(kind, "AutoModel"))
     model = cls.from_pretrained(str(folder), local_files_only=True)
     tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_folder), local_files_only=True)
     if normalize is None:

@@ -67,6 +67,8 @@ class Stft(nn.Module):
         # kept in float64 and cast on use, so float64 transforms are exact to float64 precision
         self.register_buffer("window", padded_window(self.n_fft, self.win_length, torch.float64),
                              persistent=False)
+        self._env_key: tuple | None = None  # cache of 1 / (summed squared window)
+        self._env_inv: Tensor | None = None
 
     @property
     def n_freq(self) -> int:
@@ -137,9 +139,12 @@ class Stft(nn.Module):
         fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft),
                     stride=(1, self.hop_length))
         y = F.fold(frames, **fold).reshape(n, total)  # (N, total)
-        env = F.fold((w * w)[None, :, None].expand(1, -1, n_frames), **fold).reshape(total)
-        tiny = torch.finfo(real).tiny ** 0.5
-        return y / env.clamp_min(tiny)
+        key = (n_frames, real, w.device)
+        if self._env_key != key:  # summed squared window: depends on the frame count only
+            env = F.fold((w * w)[None, :, None].expand(1, -1, n_frames), **fold).reshape(total)
+            tiny = torch.finfo(real).tiny ** 0.5
+            self._env_key, self._env_inv = key, 1.0 / env.clamp_min(tiny)  # (total,)
+        return y * self._env_inv
 
 
 __all__ = ["Stft", "padded_window"]

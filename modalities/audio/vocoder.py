@@ -35,6 +35,14 @@ def mel_pseudo_inverse(fb: Tensor) -> Tensor:
     return torch.linalg.lstsq(fb64, eye, driver="gelsd").solution  # (F, n_mels)
 
 
+def _with_magnitude(c: Tensor, mag: Tensor) -> Tensor:
+    """``mag * exp(i angle(c))`` without complex exp/angle (the cost of a Griffin-Lim step
+    otherwise): ``c * mag / |c|``, and phase 0 where ``c == 0`` (as ``angle(0) = 0``)."""
+    a = c.abs()
+    tiny = torch.finfo(a.dtype).tiny
+    return torch.where(a > tiny, c * (mag / a.clamp_min(tiny)), mag.to(c.dtype))
+
+
 class GriffinLim(nn.Module):
     """Waveform from a log-mel spectrogram: mel pseudo-inverse + fast Griffin-Lim.
 
@@ -74,12 +82,11 @@ class GriffinLim(nn.Module):
         t_prev = None
         for _ in range(self.n_iter):
             # t_n = P_C1(P_C2(c_{n-1})): magnitude projection, then consistency projection
-            p = mag * torch.exp(1j * torch.angle(c))
-            t = self.stft(self.stft.inverse(p, length))
+            t = self.stft(self.stft.inverse(_with_magnitude(c, mag), length))
             # c_n = t_n + alpha (t_n - t_{n-1})  (Perraudin et al., 2013, FGLA)
             c = t if t_prev is None else t + self.momentum * (t - t_prev)
             t_prev = t
-        return self.stft.inverse(mag * torch.exp(1j * torch.angle(c)), length)
+        return self.stft.inverse(_with_magnitude(c, mag), length)
 
     @torch.no_grad()
     def forward(self, log_mel: Tensor, length: int | None = None) -> Tensor:

@@ -13,7 +13,13 @@ from modalities.audio.losses import (
     log_magnitude_l1,
     spectral_convergence,
 )
-from modalities.audio.vocoder import GriffinLim, IStftVocoder, VocoderConfig, mel_pseudo_inverse
+from modalities.audio.vocoder import (
+    GriffinLim,
+    IStftVocoder,
+    VocoderConfig,
+    _with_magnitude,
+    mel_pseudo_inverse,
+)
 
 PRESETS = ("hifigan", "vocos")
 
@@ -38,6 +44,17 @@ def test_pseudo_inverse_is_a_right_inverse():
     pinv = mel_pseudo_inverse(fb)  # (513, 80)
     assert pinv.shape == (513, 80)
     assert torch.allclose(fb @ pinv, torch.eye(80, dtype=torch.float64), atol=1e-8)
+
+
+def test_magnitude_projection_matches_polar_form_including_zeros():
+    g = torch.Generator().manual_seed(0)
+    c = torch.complex(torch.randn(7, 9, generator=g), torch.randn(7, 9, generator=g))
+    c[0, :3] = 0  # angle(0) = 0: the projection must give +mag there
+    mag = torch.rand(7, 9, generator=g)
+    ref = mag * torch.exp(1j * torch.angle(c))
+    out = _with_magnitude(c, mag)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(out[0, :3].real, mag[0, :3]) and (out[0, :3].imag == 0).all()
 
 
 @pytest.mark.parametrize("preset", PRESETS)
