@@ -237,9 +237,12 @@ class MultiConditionGuidance(_Guided):
     ``mode="sum"`` (Liu et al. 2022, "Compositional visual generation with composable
     diffusion models", eq. 10): ``e(∅) + sum_k s_k [e(c_k) - e(∅)]``.
     With one condition both are classifier-free guidance. Outside ``interval`` the fully
-    conditional model ``e(c_1..c_n)`` is returned (one evaluation).
+    conditional model ``e(c_1..c_n)`` is returned (one evaluation). In nested mode leading
+    scales equal to 1 telescope exactly (``e(∅) + 1 [e(c_1) - e(∅)] = e(c_1)``), so those
+    branches are not evaluated: two conditions with ``s_1 = 1`` cost two branches, not three.
 
-    Cost: ``nfe_per_call`` = 1 if ``batched``, else ``n + 1``.
+    Cost: ``nfe_per_call`` = 1 if ``batched``, else the number of branches evaluated
+    (``n + 1``, less the leading unit scales in nested mode).
 
     Example:
         >>> g = multi_cfg(net, [{"image": img}, {"text": txt}], [1.5, 7.5],
@@ -263,7 +266,13 @@ class MultiConditionGuidance(_Guided):
             )
         self.conds, self.scales = [dict(c) for c in conds], [float(s) for s in scales]
         self.uncond, self.mode = dict(uncond), mode
-        self.nfe_per_call = 1 if self.batched else len(conds) + 1
+        # nested: e(∅) + sum_k s_k [e_k - e_{k-1}] with s_1..s_j = 1 is e_j + sum_{k>j} ...
+        lead = 0
+        if mode == "nested":
+            while lead < len(self.scales) - 1 and self.scales[lead] == 1.0:
+                lead += 1
+        self._skip = lead
+        self.nfe_per_call = 1 if self.batched else len(conds) + 1 - lead
 
     def _branches(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
         base = {**shared, **self.uncond}
@@ -272,7 +281,7 @@ class MultiConditionGuidance(_Guided):
         out = [base]
         for c in self.conds:
             out.append({**out[-1], **c})
-        return out
+        return out[self._skip:]
 
     def __call__(self, x: Tensor, t: Tensor, **shared: Any) -> Tensor:
         t = self._time(x, t)
@@ -285,7 +294,7 @@ class MultiConditionGuidance(_Guided):
             return self._evaluate(x, t, [full])[0]
         outs = self._evaluate(x, t, branches)
         out = outs[0]
-        for k, s in enumerate(self.scales, start=1):
+        for k, s in enumerate(self.scales[self._skip:], start=1):
             prev = outs[k - 1] if self.mode == "nested" else outs[0]
             out = out + s * (outs[k] - prev)
         if inside is not None:

@@ -134,7 +134,7 @@ class Stft(nn.Module):
         # Griffin & Lim (1984), least-squares ISTFT: x = sum_t w frame_t / sum_t w^2
         n, _, n_frames = s.shape
         w = self.window.to(real)
-        frames = torch.fft.irfft(s, n=self.n_fft, dim=1) * w[None, :, None]  # (N, n_fft, T)
+        frames = torch.fft.irfft(s, n=self.n_fft, dim=1).mul_(w[None, :, None])  # (N, n_fft, T)
         total = (n_frames - 1) * self.hop_length + self.n_fft
         fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft),
                     stride=(1, self.hop_length))
@@ -144,7 +144,7 @@ class Stft(nn.Module):
             env = F.fold((w * w)[None, :, None].expand(1, -1, n_frames), **fold).reshape(total)
             tiny = torch.finfo(real).tiny ** 0.5
             self._env_key, self._env_inv = key, 1.0 / env.clamp_min(tiny)  # (total,)
-        return y * self._env_inv
+        return y.mul_(self._env_inv)
 
 
 __all__ = ["Stft", "padded_window"]

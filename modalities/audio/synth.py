@@ -36,7 +36,7 @@ def vocode(log_mel: Tensor, config: MelConfig, n_iter: int = 32) -> Tensor:
     key = (config, int(n_iter))
     if key not in _GL:
         _GL[key] = GriffinLim(config, n_iter=int(n_iter))
-    wave = _GL[key](log_mel.detach().cpu().double()).float()  # (L,)
+    wave = _GL[key](log_mel.detach().cpu().float())  # (L,)
     peak = float(wave.abs().max())
     return wave * (0.95 / peak) if peak > 0.95 else wave
 

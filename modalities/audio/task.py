@@ -13,7 +13,8 @@ decoder sees a learned null ``mu``; speaker dropped: the learned null speaker ev
 two guidance scales apply at sampling, nested as in InstructPix2Pix (Brooks et al. 2023,
 eq. 3): ``v = v(0, 0) + w_text [v(text, 0) - v(0, 0)] + w_spk [v(text, spk) - v(text, 0)]``
 (:func:`toolkit.guidance.multi_cfg`). ``w_text = w_spk = 1`` is the conditional model (one
-network evaluation per step).
+network evaluation per step). Text first is measured better than speaker first (text CFG
+with the speaker kept): at ``w_text = 2`` phoneme error 8.6 % vs 13.8 %.
 
 **Speakers.** ``model.speaker_input=id`` embeds speaker indices; ``reference`` encodes a
 reference log-mel (another utterance of the same speaker during training, a random window of

@@ -148,6 +148,17 @@ def test_multi_condition_special_cases(batched):
     # all scales 1 (nested) telescopes to the fully conditional model
     ones = guidance.multi_cfg(net, conds, [1.0, 1.0], uncond=unc, batched=batched)
     torch.testing.assert_close(ones(x, t), e11)
+    # a leading unit scale telescopes exactly and its branch e(∅) is never evaluated
+    seen = []
+
+    def counting(xx, tt, y=None, style=None):
+        seen.append(xx.shape[0])
+        return net(xx, tt, y, style=style)
+
+    lead = guidance.multi_cfg(counting, conds, [1.0, 3.0], uncond=unc, batched=batched)
+    torch.testing.assert_close(lead(x, t), e10 + 3 * (e11 - e10))
+    assert seen == ([2 * B] if batched else [B, B])
+    assert lead.last_nfe == (1 if batched else 2) and lead.nfe_per_call == lead.last_nfe
     # a zero scale on the second condition reduces both modes to CFG on the first
     ref = guidance.cfg(net, 2.5, cond={"y": y}, uncond={"y": null})(x, t, style=nostyle)
     for mode in ("nested", "sum"):

@@ -125,10 +125,14 @@ def test_guidance_scales(tts_run):
     kw = dict(speaker=0, steps=2, seed=3)
     plain = tts.mel("a small red rabbit", **kw)
     nested = tts.mel("a small red rabbit", w_text=1 + 1e-9, w_spk=1 + 1e-9, **kw)
-    assert torch.allclose(plain, nested, atol=1e-4)  # multi_cfg at (1, 1) = conditional
+    # multi_cfg at (1, 1) = conditional (three branches cancel: float32 round-off of the
+    # untrained net's large outputs, a wrong formula would be off by O(1))
+    assert torch.allclose(plain, nested, atol=1e-2)
+    text_cfg = tts.mel("a small red rabbit", w_text=1 + 1e-9, w_spk=1.0, **kw)
+    assert torch.allclose(plain, text_cfg, atol=1e-2)
     uncond = tts.mel("a small red rabbit", w_text=0.0, w_spk=0.0, **kw)
-    text_only = tts.mel("a small red rabbit", w_text=1.0, w_spk=0.0, **kw)
-    assert uncond.shape == plain.shape and not torch.allclose(uncond, text_only)
+    no_spk = tts.mel("a small red rabbit", w_text=1.0, w_spk=0.0, **kw)
+    assert uncond.shape == plain.shape and not torch.allclose(uncond, no_spk)
     assert torch.isfinite(tts.mel("a small red rabbit", w_text=2.0, w_spk=1.5, **kw)).all()
 
 
