@@ -52,6 +52,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _interval(v: Sequence[float], name: str) -> tuple[float, float]:
+    """``(t_lo, t_hi)`` with ``0 <= t_lo <= t_hi <= 1`` (toolkit time), or a clear error."""
+    v = list(v)
+    if len(v) != 2 or not 0.0 <= float(v[0]) <= float(v[1]) <= 1.0:
+        raise ValueError(f"{name} must be [t_lo, t_hi] with 0 <= t_lo <= t_hi <= 1, got {v}")
+    return float(v[0]), float(v[1])
+
+
 class TextToSpeechTask(Task):
     """Matcha-TTS-style CFM text-to-speech (see the module docstring).
 
@@ -62,6 +70,8 @@ class TextToSpeechTask(Task):
         segment_frames: decoder training window (0: the longest utterance of the data).
         p_drop_text / p_drop_speaker / p_drop_both: CFG dropout probabilities.
         w_text / w_spk: guidance scales at sampling. temperature: prior noise scale.
+        guidance_interval: ``(t_lo, t_hi)``: guide only for those times, the conditional
+            model elsewhere (Kynkaanniemi et al. 2024); None guides every step.
         length_scale: duration multiplier at sampling (> 1 speaks slower).
         ref_frames: reference-mel window for ``speaker_input=reference``.
         val_texts: validation sentences (default :data:`DEFAULT_VAL_TEXTS`).
@@ -78,6 +88,7 @@ class TextToSpeechTask(Task):
                  mel_preset: str = "hifigan", add_blank: bool = True, segment_frames: int = 128,
                  p_drop_text: float = 0.1, p_drop_speaker: float = 0.1, p_drop_both: float = 0.0,
                  w_text: float = 1.0, w_spk: float = 1.0, temperature: float = 0.667,
+                 guidance_interval: Sequence[float] | None = None,
                  length_scale: float = 1.0, ref_frames: int = 128,
                  val_texts: Sequence[str] | None = None, val_samples: int = 4,
                  val_audio: bool = True, griffin_lim_iters: int = 32,
@@ -98,6 +109,8 @@ class TextToSpeechTask(Task):
         self.add_blank, self.segment_frames = bool(add_blank), int(segment_frames)
         self.p_text, self.p_spk, self.p_both = p_drop_text, p_drop_speaker, p_drop_both
         self.w_text, self.w_spk = float(w_text), float(w_spk)
+        self.guidance_interval = (None if guidance_interval is None
+                                  else _interval(guidance_interval, "task.guidance_interval"))
         self.temperature, self.length_scale = float(temperature), float(length_scale)
         self.ref_frames = int(ref_frames)
         self.val_texts = list(val_texts) if val_texts else list(DEFAULT_VAL_TEXTS)
@@ -267,7 +280,8 @@ class TextToSpeechTask(Task):
                    generator: torch.Generator, *, length_scale: float | None = None,
                    steps: int | None = None, solver: str | None = None,
                    w_text: float | None = None, w_spk: float | None = None,
-                   temperature: float | None = None) -> tuple[Tensor, Tensor]:
+                   temperature: float | None = None,
+                   guidance_interval: Sequence[float] | None = None) -> tuple[Tensor, Tensor]:
         """Log-mels ``(B, n_mels, T)`` (past each length: the log floor) and frame counts
         ``(B,)`` for phoneme strings and speaker inputs."""
         from toolkit.guidance import multi_cfg
@@ -296,8 +310,10 @@ class TextToSpeechTask(Task):
         else:  # v_u + w_text (v_text - v_u) + w_spk (v_full - v_text): Brooks et al. 2023
             null_spk = m.null_speaker(len(ids))
             mu_text = torch.einsum("bdn,bnt->bdt", m.encode(tokens, x_mask, null_spk)[1], attn)
+            gi = (self.guidance_interval if guidance_interval is None
+                  else _interval(guidance_interval, "guidance_interval"))
             field = multi_cfg(m, [{"mu": mu_text}, {"mu": mu_y, "spk": spk}], [wt, ws],
-                              uncond={"mu": m.null_text(y_mask), "spk": null_spk})
+                              uncond={"mu": m.null_text(y_mask), "spk": null_spk}, interval=gi)
         temp = self.temperature if temperature is None else float(temperature)
         x0 = torch.randn(mu_y.shape, generator=generator).to(dev) * temp  # (B, n_mels, T)
         z = sample(field, x0, path=self.path, prediction=self.prediction,

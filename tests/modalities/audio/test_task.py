@@ -123,17 +123,23 @@ def test_bad_inputs_name_the_problem(tts_run, capsys):
 def test_guidance_scales(tts_run):
     tts = TTS.from_pretrained(tts_run)
     kw = dict(speaker=0, steps=2, seed=3)
-    plain = tts.mel("a small red rabbit", **kw)
+    plain = tts.mel("a small red rabbit", w_text=1.0, w_spk=1.0, **kw)  # the recipe guides
     nested = tts.mel("a small red rabbit", w_text=1 + 1e-9, w_spk=1 + 1e-9, **kw)
-    # multi_cfg at (1, 1) = conditional (three branches cancel: float32 round-off of the
-    # untrained net's large outputs, a wrong formula would be off by O(1))
-    assert torch.allclose(plain, nested, atol=1e-2)
+    assert torch.allclose(plain, nested, atol=1e-4)  # multi_cfg at (1, 1) = conditional
     text_cfg = tts.mel("a small red rabbit", w_text=1 + 1e-9, w_spk=1.0, **kw)
-    assert torch.allclose(plain, text_cfg, atol=1e-2)
+    assert torch.allclose(plain, text_cfg, atol=1e-4)
+    assert not torch.allclose(plain, tts.mel("a small red rabbit", **kw), atol=1e-3)  # w_text 2
     uncond = tts.mel("a small red rabbit", w_text=0.0, w_spk=0.0, **kw)
     no_spk = tts.mel("a small red rabbit", w_text=1.0, w_spk=0.0, **kw)
     assert uncond.shape == plain.shape and not torch.allclose(uncond, no_spk)
     assert torch.isfinite(tts.mel("a small red rabbit", w_text=2.0, w_spk=1.5, **kw)).all()
+    # a guidance interval that no Euler time reaches is the conditional model, exactly
+    off = tts.mel("a small red rabbit", w_text=2.0, w_spk=1.5, guidance_interval=(1.0, 1.0), **kw)
+    assert torch.allclose(off, plain, atol=1e-5)
+    half = tts.mel("a small red rabbit", w_text=2.0, w_spk=1.5, guidance_interval=(0.0, 0.5), **kw)
+    assert not torch.allclose(half, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        tts.mel("a small red rabbit", w_text=2.0, guidance_interval=(0.6, 0.2), **kw)
 
 
 @needs_tools
