@@ -40,7 +40,9 @@ def sample(
         model: ``model(x_t, t, **cond) -> Tensor`` with ``t`` of shape ``(B,)``.
         x0: standard normal noise ``(B, ...)``; the solver starts from
             ``path.prior_std(t_0) * x0``.
-        path: a path name (see :func:`toolkit.paths.available`) or path object.
+        path: a path name (see :func:`toolkit.paths.available`) or path object; a manifold
+            path of :mod:`toolkit.paths.riemannian` (SO(3), SE(3)^N) takes prior frames as
+            ``x0`` and dispatches to :func:`~toolkit.paths.riemannian.sample_riemannian`.
         prediction: what the model outputs: ``noise | data | velocity | score | v``.
         solver: a name from :func:`toolkit.samplers.available`.
         steps: number of grid intervals (ignored by adaptive solvers if ``grid`` is a name).
@@ -59,6 +61,16 @@ def sample(
     Raises:
         ValueError: unknown names, bad steps/grid, bad shapes (messages name the problem).
     """
+    from toolkit.paths.riemannian import is_riemannian, sample_riemannian
+
+    if is_riemannian(path):  # SO(3) / SE(3)^N: the path applies each step through exp
+        if prediction != "velocity":
+            raise ValueError(f"a manifold path needs prediction='velocity', got {prediction!r}")
+        if not (isinstance(grid, str) and grid == "uniform") or grid_options:
+            raise ValueError("a manifold path integrates on a uniform grid; got grid="
+                             f"{grid!r}, grid_options={grid_options!r}")
+        return sample_riemannian(model, x0, path=path, solver=solver, steps=steps,
+                                 t_start=t_start, t_end=t_end, cond=cond, info=info, **options)
     path = paths_mod.get(path)
     prediction = check_prediction(prediction)
     fn = samplers_mod.get(solver)

@@ -36,6 +36,14 @@ def _as_t(t: Tensor | float, ref: Tensor) -> Tensor:
     return torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
 
 
+def _lead(t: Tensor, batch_ndim: int) -> Tensor:
+    # a per-sample time (B,) against a batch shape (B, ...): align on the leading dim, as
+    # toolkit.paths.base.expand_like does for Euclidean paths
+    if 0 < t.dim() < batch_ndim:
+        return t.reshape(*t.shape, *([1] * (batch_ndim - t.dim())))
+    return t
+
+
 def _per_residue(t: Tensor) -> Tensor:
     # t is scalar or batch-shaped (...,) for frames (..., N): add the residue axis
     return t if t.dim() == 0 else t[..., None]
@@ -116,7 +124,7 @@ class SO3GeodesicPath:
 
     def interpolate(self, R0: Tensor, R1: Tensor, t: Tensor | float) -> Tensor:
         """``R_t = R0 exp(kappa(t) log(R0^T R1))``; ``t`` broadcasts against the batch shape."""
-        return so3.interpolate(R0, R1, self.kappa(_as_t(t, R0)))  # (..., 3, 3)
+        return so3.interpolate(R0, R1, self.kappa(_lead(_as_t(t, R0), R0.dim() - 2)))
 
     def conditional_velocity(self, R_t: Tensor, R1: Tensor, t: Tensor | float) -> Tensor:
         """Body-frame conditional velocity ``u_t(R_t | R1)`` as a rotation vector ``(..., 3)``.
@@ -129,13 +137,13 @@ class SO3GeodesicPath:
 
         (Chen & Lipman 2024, geodesic premetric; Yim et al. 2023, FrameFlow).
         """
-        t = _as_t(t, R_t)
+        t = _lead(_as_t(t, R_t), R_t.dim() - 2)
         rem = so3.log(R_t.transpose(-1, -2) @ R1)  # (..., 3) remaining rotation, body frame
         return self.rate(t)[..., None] * rem
 
     def step(self, R: Tensor, v: Tensor, dt: Tensor | float) -> Tensor:
         """Riemannian Euler step along the exponential map: ``R exp(dt v)``."""
-        dt = _as_t(dt, R)
+        dt = _lead(_as_t(dt, R), R.dim() - 2)
         return R @ so3.exp(dt[..., None] * v)  # (..., 3, 3)
 
 
@@ -363,6 +371,62 @@ def riemannian_heun(field: Field, T0: Rigid | Tensor, steps: int,
         nfe += 1
         T = path.step(T, _heun_mean(v1, v2, dt, transport), dt)
     return T, nfe
+
+
+RIEMANNIAN_SOLVERS = ("euler", "heun")
+
+
+def is_riemannian(path: Any) -> bool:
+    """Whether ``path`` is a manifold path of this module (``toolkit.sample`` dispatches)."""
+    return isinstance(path, (SO3GeodesicPath, SE3Path))
+
+
+def sample_riemannian(model: Callable[..., Velocity], x0: Rigid | Tensor, *,
+                      path: SE3Path | SO3GeodesicPath, solver: str = "euler", steps: int = 10,
+                      t_start: float | None = None, t_end: float | None = None,
+                      cond: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                      **options: Any) -> Rigid | Tensor:
+    """Integrate a learned tangent field from prior frames ``x0`` (t = 0) to data (t = 1).
+
+    The path decides how a step is applied (``R exp(dt v)`` on SO(3), ``x + dt v`` on R^3):
+    this is what :func:`toolkit.sample` calls when given a path of this module.
+
+    Args:
+        model: ``model(x_t, t, **cond)`` with ``t`` of shape ``(B,)`` (one time per structure;
+            ``B`` the leading dim of the frames) returning body-frame rotation velocities
+            ``(..., 3)`` (:class:`SO3GeodesicPath`) or ``(rot_vel, trans_vel)``
+            (:class:`SE3Path`).
+        x0: prior samples (``path.sample_prior(...)``): rotations ``(B, ..., 3, 3)`` or a
+            ``Rigid`` of shape ``(B, N)``.
+        solver: ``euler`` or ``heun`` (options ``euler_last``, ``transport``).
+        steps / t_start / t_end: uniform grid of ``steps`` intervals on [t_start, t_end].
+        cond: keyword arguments passed to the model. info: receives ``nfe``.
+    """
+    if solver not in RIEMANNIAN_SOLVERS:
+        raise ValueError(f"solver {solver!r} is not available on a manifold path; use one of "
+                         f"{list(RIEMANNIAN_SOLVERS)}")
+    if solver == "euler" and options:
+        raise ValueError(f"solver 'euler' got unknown option(s) {sorted(options)}")
+    bad = sorted(set(options) - {"euler_last", "transport"})
+    if bad:
+        raise ValueError(f"solver {solver!r} got unknown option(s) {bad}; it accepts "
+                         "['euler_last', 'transport']")
+    if steps is None or int(steps) < 1:
+        raise ValueError(f"steps must be >= 1 on a manifold path, got {steps}")
+    kw = dict(cond or {})
+
+    def field(T: Rigid | Tensor, t: Tensor) -> Velocity:
+        b = (T.trans if isinstance(T, Rigid) else T).shape[0]
+        return model(T, t.expand(b), **kw)  # t: (B,)
+
+    fn = riemannian_euler if solver == "euler" else riemannian_heun
+    lo = 0.0 if t_start is None else float(t_start)
+    hi = 1.0 if t_end is None else float(t_end)
+    with torch.no_grad():
+        out, nfe = fn(field, x0, int(steps), path, lo, hi, **options)
+    if info is not None:
+        info["nfe"] = nfe
+    return out
 
 
 def so3_ot_coupling(R0: Tensor, R1: Tensor) -> tuple[Tensor, Tensor]:
