@@ -1,0 +1,1 @@
+"""Protein-backbone and rigid-body structure generation (SE(3) flows): data readers so far."""
