@@ -83,45 +83,51 @@ class _Expert(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(),
                                      nn.Linear(hidden, width))
 
-    # functional calls (no nn.Module dispatch): these run 10x per chunk at inference
+    # the math lives in _qkv / _finish (plain tensors); these methods only fetch the weights
     def qkv_heads(self, x: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-        b, n, w = x.shape
-        h = F.layer_norm(x, (w,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
-        qkv = F.linear(h, self.qkv.weight, self.qkv.bias).view(b, n, 3, heads, -1)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, n, dh)
+        return _qkv(x, self.weights()[:5], heads)
 
     def finish(self, x: Tensor, o: Tensor) -> Tensor:
-        b, h, n, d = o.shape
-        x = x + F.linear(o.transpose(1, 2).reshape(b, n, h * d), self.proj.weight,
-                         self.proj.bias)
-        fc1, _, fc2 = self.mlp
-        y = F.layer_norm(x, x.shape[-1:], self.norm2.weight, self.norm2.bias, self.norm2.eps)
-        return x + F.linear(F.silu(F.linear(y, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
-
+        return _finish(x, o, self.weights()[5:])
 
     def weights(self) -> tuple:
-        """The expert's tensors as a flat tuple (see :func:`_action_layer`)."""
-        n1, n2, fc1, fc2 = self.norm1, self.norm2, self.mlp[0], self.mlp[2]
-        return (n1.weight, n1.bias, n1.eps, self.qkv.weight, self.qkv.bias, self.proj.weight,
-                self.proj.bias, n2.weight, n2.bias, n2.eps, fc1.weight, fc1.bias, fc2.weight,
-                fc2.bias)
+        """The expert's tensors as a flat tuple: ``[:5]`` for :func:`_qkv` (norm1, qkv),
+        ``[5:]`` for :func:`_finish` (proj, norm2, MLP; absent for a ``kv_only`` expert)."""
+        n1 = self.norm1
+        head = (n1.weight, n1.bias, n1.eps, self.qkv.weight, self.qkv.bias)
+        if not hasattr(self, "proj"):
+            return head
+        n2, fc1, fc2 = self.norm2, self.mlp[0], self.mlp[2]
+        return head + (self.proj.weight, self.proj.bias, n2.weight, n2.bias, n2.eps,
+                       fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+
+
+def _qkv(x: Tensor, w: tuple, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pre-norm QKV projection ``(B, n, W) -> 3 x (B, heads, n, dh)``."""
+    n1w, n1b, eps1, qkv_w, qkv_b = w
+    b, n, d = x.shape
+    h = F.layer_norm(x, (d,), n1w, n1b, eps1)
+    qkv = F.linear(h, qkv_w, qkv_b).view(b, n, 3, heads, -1)
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, n, dh)
+
+
+def _finish(x: Tensor, o: Tensor, w: tuple) -> Tensor:
+    """Attention output projection + residual, then the pre-norm MLP + residual."""
+    pw, pb, n2w, n2b, eps2, f1w, f1b, f2w, f2b = w
+    b, h, n, d = o.shape
+    x = x + F.linear(o.transpose(1, 2).reshape(b, n, h * d), pw, pb)
+    y = F.layer_norm(x, x.shape[-1:], n2w, n2b, eps2)
+    return x + F.linear(F.silu(F.linear(y, f1w, f1b)), f2w, f2b)
 
 
 def _action_layer(a: Tensor, kp: Tensor, vp: Tensor, w: tuple, heads: int,
                   mask: Tensor | None) -> Tensor:
-    """One layer of the action expert against cached prefix keys/values, from the plain
-    tensors of :meth:`_Expert.weights` (the ops of ``qkv_heads`` + attention + ``finish``,
-    without ~50 ``nn.Module`` attribute lookups per step)."""
-    n1w, n1b, eps1, qkv_w, qkv_b, pw, pb, n2w, n2b, eps2, f1w, f1b, f2w, f2b = w
-    b, n, d = a.shape
-    h = F.layer_norm(a, (d,), n1w, n1b, eps1)
-    qa, ka, va = F.linear(h, qkv_w, qkv_b).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4
-                                                                            ).unbind(0)
+    """One action-expert layer against cached prefix keys/values, on the plain tensors of
+    :meth:`_Expert.weights` (fetched once per chunk: no ``nn.Module`` lookups per step)."""
+    qa, ka, va = _qkv(a, w[:5], heads)
     o = F.scaled_dot_product_attention(qa, torch.cat([kp, ka], 2), torch.cat([vp, va], 2),
                                        attn_mask=mask)  # (B, heads, H, dh)
-    a = a + F.linear(o.transpose(1, 2).reshape(b, n, -1), pw, pb)
-    y = F.layer_norm(a, (d,), n2w, n2b, eps2)
-    return a + F.linear(F.silu(F.linear(y, f1w, f1b)), f2w, f2b)
+    return _finish(a, o, w[5:])
 
 
 class _Layer(nn.Module):

@@ -139,7 +139,8 @@ class Stft(nn.Module):
         fold = dict(output_size=(1, total), kernel_size=(1, self.n_fft),
                     stride=(1, self.hop_length))
         y = F.fold(frames, **fold).reshape(n, total)  # (N, total)
-        key = (n_frames, real, w.device)
+        # an envelope made under inference_mode could not be saved for a later backward
+        key = (n_frames, real, w.device, torch.is_inference_mode_enabled())
         if self._env_key != key:  # summed squared window: depends on the frame count only
             env = F.fold((w * w)[None, :, None].expand(1, -1, n_frames), **fold).reshape(total)
             tiny = torch.finfo(real).tiny ** 0.5

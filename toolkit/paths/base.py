@@ -45,7 +45,7 @@ def expand_like(coef: Tensor, x: Tensor) -> Tensor:
     coef = torch.as_tensor(coef, dtype=x.dtype, device=x.device)
     if coef.ndim > x.ndim:
         raise ValueError(f"time of shape {tuple(coef.shape)} has more dims than x {tuple(x.shape)}")
-    return coef.reshape(*coef.shape, *([1] * (x.ndim - coef.ndim)))
+    return coef.reshape(tuple(coef.shape) + (1,) * (x.ndim - coef.ndim))  # 0-dim x: 0-dim
 
 
 class GaussianPath:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from toolkit.geometry import se3, so3
 from toolkit.geometry.se3 import Rigid
+from toolkit.paths.base import expand_like
 
 Velocity = Tensor | tuple[Tensor, Tensor]
 Field = Callable[[Any, Tensor], Velocity]
@@ -34,14 +35,6 @@ Field = Callable[[Any, Tensor], Velocity]
 
 def _as_t(t: Tensor | float, ref: Tensor) -> Tensor:
     return torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
-
-
-def _lead(t: Tensor, batch_ndim: int) -> Tensor:
-    # a per-sample time (B,) against a batch shape (B, ...): align on the leading dim, as
-    # toolkit.paths.base.expand_like does for Euclidean paths
-    if 0 < t.dim() < batch_ndim:
-        return t.reshape(*t.shape, *([1] * (batch_ndim - t.dim())))
-    return t
 
 
 def _per_residue(t: Tensor) -> Tensor:
@@ -124,7 +117,7 @@ class SO3GeodesicPath:
 
     def interpolate(self, R0: Tensor, R1: Tensor, t: Tensor | float) -> Tensor:
         """``R_t = R0 exp(kappa(t) log(R0^T R1))``; ``t`` broadcasts against the batch shape."""
-        return so3.interpolate(R0, R1, self.kappa(_lead(_as_t(t, R0), R0.dim() - 2)))
+        return so3.interpolate(R0, R1, self.kappa(expand_like(_as_t(t, R0), R0[..., 0, 0])))
 
     def conditional_velocity(self, R_t: Tensor, R1: Tensor, t: Tensor | float) -> Tensor:
         """Body-frame conditional velocity ``u_t(R_t | R1)`` as a rotation vector ``(..., 3)``.
@@ -137,13 +130,13 @@ class SO3GeodesicPath:
 
         (Chen & Lipman 2024, geodesic premetric; Yim et al. 2023, FrameFlow).
         """
-        t = _lead(_as_t(t, R_t), R_t.dim() - 2)
+        t = expand_like(_as_t(t, R_t), R_t[..., 0, 0])  # (B,) -> (B, 1, ...)
         rem = so3.log(R_t.transpose(-1, -2) @ R1)  # (..., 3) remaining rotation, body frame
         return self.rate(t)[..., None] * rem
 
     def step(self, R: Tensor, v: Tensor, dt: Tensor | float) -> Tensor:
         """Riemannian Euler step along the exponential map: ``R exp(dt v)``."""
-        dt = _lead(_as_t(dt, R), R.dim() - 2)
+        dt = expand_like(_as_t(dt, R), R[..., 0, 0])
         return R @ so3.exp(dt[..., None] * v)  # (..., 3, 3)
 
 

@@ -40,3 +40,13 @@ def test_errors_name_the_problem():
         stft.inverse(torch.zeros(20, 4, dtype=torch.complex64))
     with pytest.raises(ValueError, match="too short|reflect padding"):
         stft(torch.zeros(10))
+
+
+def test_cached_envelope_after_inference_mode_still_backpropagates():
+    st = Stft(64, 16, center=False, pad=24)
+    spec = st(torch.randn(2, 320))
+    with torch.inference_mode():
+        st.inverse(spec.clone())  # fills the envelope cache inside inference mode
+    s = spec.clone().requires_grad_(True)
+    st.inverse(s).square().sum().backward()  # an inference tensor here would raise
+    assert s.grad is not None and torch.isfinite(torch.view_as_real(s.grad)).all()
