@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS=${TOOLKIT_EXTRAS:-"--extra ref --extra dev --extra robot"}
+EXTRAS=${TOOLKIT_EXTRAS:-"--extra ref --extra dev --extra robot --extra structure"}
 
 # 1. a Python 3.12 interpreter (pyenv honours .python-version; else whatever python3.12 exists)
 PY=""

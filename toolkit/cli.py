@@ -158,6 +158,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = next((a.partition("=")[2] for a in args.args if a.startswith("checkpoint=")), None)
     if run and _run_task(run).endswith("TextToSpeechTask"):
         return _cmd_sample_tts(args)
+    if run and _run_task(run).endswith(("BackboneFlowTask", "RigidTrajectoryTask")):
+        return _cmd_structure(args, "sample")
     try:
         kv = _parse_kv(args.args, _SAMPLE_KEYS, "sample")
         from modalities.image.sample import sample_run
@@ -171,6 +173,43 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         return 2
     print(f"{info['seconds_per_image'] * 1000:.1f} ms/image")
     print(path)
+    return 0
+
+
+def _cmd_structure(args: argparse.Namespace, cmd: str) -> int:
+    """``toolkit sample`` / ``toolkit eval`` for backbone and rigid-trajectory runs
+    (:mod:`modalities.structure.run`, :mod:`modalities.trajectory.run`)."""
+    from toolkit.kv import parse_key_values
+
+    run = next((a.partition("=")[2] for a in args.args if a.startswith("checkpoint=")), "")
+    if _run_task(run).endswith("RigidTrajectoryTask"):
+        from modalities.trajectory import run as srun
+    else:
+        from modalities.structure import run as srun
+    try:
+        spec = srun.SAMPLE_KEYS if cmd == "sample" else srun.EVAL_KEYS
+        kv = parse_key_values(args.args, spec, cmd, hidden=("ckpt",))
+        if cmd == "sample":
+            res = srun.sample_run(kv)
+        else:
+            res = srun.eval_run(kv)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"toolkit {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    if cmd == "sample" and "npz" in res:
+        print(f"{res['seconds_per_trajectory'] * 1e3:.1f} ms/trajectory; median drift "
+              + ", ".join(f"{k} {v:.2e}" for k, v in res["drift_median"].items()))
+        print(res["png"])
+        print(res["npz"])
+    elif cmd == "sample":
+        print(f"{res['seconds_per_structure']:.2f} s/structure")
+        if "motif_distance_rmsd" in res:
+            print("motif internal-distance RMSD (A): "
+                  + ", ".join(f"{v:.3f}" for v in res["motif_distance_rmsd"]))
+        print("\n".join(res["pdb"] + [res["png"]]))
+    else:
+        print(srun.format_eval(res))
+        print(f"wrote {kv['checkpoint']}/eval.json (files in {Path(kv['checkpoint']) / 'eval'})")
     return 0
 
 
@@ -206,6 +245,9 @@ def _cmd_eval_tts(kv: dict[str, Any]) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    run = next((a.partition("=")[2] for a in args.args if a.startswith("checkpoint=")), None)
+    if run and _run_task(run).endswith(("BackboneFlowTask", "RigidTrajectoryTask")):
+        return _cmd_structure(args, "eval")
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
         if "env" in kv or _run_task(kv["checkpoint"]).endswith("PolicyTask"):
@@ -278,6 +320,11 @@ text-to-speech runs (text2speech_cfm): text=TEXT (or phonemes=IPA), speaker=NAME
   first; a unique suffix such as f3 works), ref=WAV (reference-encoder runs), out=PATH.wav
   (a mel plot PATH.png is written beside it), steps=, solver=, seed=0, length_scale=1,
   w_text=, w_spk= (separate guidance scales), temperature=, gl_iters=32 (Griffin-Lim)
+backbone runs (protein_backbone_*): lengths=[60,80,100] (chain lengths), n=1 (samples per
+  length), steps=, seed=0, out=DIR (PDB files + traces.png), grid_power=, rot_rate= (0: geodesic),
+  motif=FILE.pdb motif_residues=10-25,40-44 (keep those residues, generate the rest)
+rigid-trajectory runs (rigid_trajectory_se3fm): cls=sphere|prolate|oblate|asymmetric, n=4,
+  steps=, guidance=, seed=0, out=DIR (trajectories.png + trajectories.npz)
 examples:
   toolkit sample checkpoint=runs/text2img_cfm prompt="a red circle at the top left" n=16
   toolkit sample checkpoint=runs/text2speech_cfm text="the quick brown fox" speaker=f3 \\
@@ -297,6 +344,11 @@ text2speech runs: n=50 held-out utterances (same text + speaker as a real record
   multi-thread real-time factor; default torch's); speaker accuracy and phoneme error rate
   of networks trained on the corpus (cached), MCD-DTW, F0 RMSE, duration errors, real-time
   factor, next to real audio and its Griffin-Lim resynthesis; WAVs + mels.png in RUN_DIR/eval/
+backbone runs: n=64 generated chains over min_length=60..max_length=128, steps=, seed=0,
+  max_pairs=200 (TM-score pairs); CA-CA, CA angle/dihedral W1, Ramachandran, DSSP, Rg,
+  clashes, TM diversity / novelty vs the run's real chains; PDB files in RUN_DIR/eval/
+rigid-trajectory runs: n=256 test trajectories, context=8 (given poses for forecasting),
+  guidance=, steps=; invariant drift from poses vs real, forecast error vs constant velocity
 examples:
   toolkit eval checkpoint=runs/text2img_cfm n=500
   toolkit eval checkpoint=runs/class2img_cfm n=1000 bpd=200
@@ -307,7 +359,9 @@ examples:
 
 _COLLECT_EPILOG = """keys: env=metaworld, task=push-v3 (a Meta-World v3 task, a comma list or
   mt10), episodes=50 (successful episodes kept per task), root=DIR (required), seed=0 (first
-  collection seed), image_size= (also render the corner camera at that size)
+  collection seed), image_size= (also render the corner camera at that size), extra_frames=5
+  (frames kept after the first success), action_noise=0 (DART: std of noise added to the
+  executed motion actions; the recorded labels stay the expert's)
 example:
   toolkit data collect env=metaworld task=push-v3 episodes=50 root=data/metaworld/push-v3"""
 

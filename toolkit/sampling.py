@@ -66,11 +66,14 @@ def sample(
     if is_riemannian(path):  # SO(3) / SE(3)^N: the path applies each step through exp
         if prediction != "velocity":
             raise ValueError(f"a manifold path needs prediction='velocity', got {prediction!r}")
-        if not (isinstance(grid, str) and grid == "uniform") or grid_options:
-            raise ValueError("a manifold path integrates on a uniform grid; got grid="
-                             f"{grid!r}, grid_options={grid_options!r}")
+        if isinstance(grid, str) and grid != "uniform" or grid_options:
+            raise ValueError("a manifold path integrates on a uniform grid or an explicit "
+                             f"increasing tensor of times; got grid={grid!r}, "
+                             f"grid_options={grid_options!r}")
+        times = None if isinstance(grid, str) else grid
         return sample_riemannian(model, x0, path=path, solver=solver, steps=steps,
-                                 t_start=t_start, t_end=t_end, cond=cond, info=info, **options)
+                                 t_start=t_start, t_end=t_end, cond=cond, info=info,
+                                 times=times, **options)
     path = paths_mod.get(path)
     prediction = check_prediction(prediction)
     fn = samplers_mod.get(solver)

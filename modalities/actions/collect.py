@@ -13,6 +13,13 @@ files). Frame ``t`` holds the observation before step ``t`` and the action taken
 * ``observation.images.<camera>``: uint8 ``(H, W, 3)`` image, only if ``image_size`` is set,
 * ``task``: the instruction string (:data:`~.sim.TASK_INSTRUCTIONS`).
 
+With ``action_noise = sigma > 0`` the demonstrations are collected DART-style (Laskey et al.,
+"DART: Noise Injection for Robust Imitation Learning", CoRL 2017): the environment executes
+``clip(a* + eps, -1, 1)`` with ``eps ~ N(0, sigma^2 I)`` on the motion dims (the gripper effort is
+left clean), while the frame records the expert's clean label ``a*``. The policy then sees the
+states a slightly wrong action leads to, labelled with the expert's correction, which covers
+the overshoot region around the goal that noise-free demonstrations never visit.
+
 Recording stops ``extra_frames`` steps after the first success (the expert keeps holding the
 goal in those frames), so demonstrations end at the goal rather than idling until step 500.
 Nothing touches the Hugging Face Hub: the dataset is written under ``root`` only (to a
@@ -30,6 +37,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from modalities.actions.sim import (
     ACTION_DIM,
@@ -79,17 +88,24 @@ def features(image_size: int | None = None, camera: str = "corner") -> dict[str,
     return feats
 
 
-def _expert_episode(env: MetaWorldEnv, policy: ScriptedExpert, seed: int, extra_frames: int
-                    ) -> tuple[bool, list[dict[str, Any]]]:
+def _expert_episode(env: MetaWorldEnv, policy: ScriptedExpert, seed: int, extra_frames: int,
+                    action_noise: float = 0.0) -> tuple[bool, list[dict[str, Any]]]:
     """Run one expert episode; ``(success, frames)`` with frames cut ``extra_frames`` steps
-    after the first success."""
+    after the first success. ``action_noise``: DART noise std on the executed motion dims
+    (module docstring), drawn from a generator seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
     obs = env.reset(seed)
     frames: list[dict[str, Any]] = []
     success_at: int | None = None
     for t in range(env.max_episode_steps):
         action = policy.select_action(obs)  # (4,) float32 in [-1, 1]
         frames.append({**obs, "action": action})
-        obs, _, _, info = env.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action.copy()
+            executed[:3] += action_noise * rng.standard_normal(3).astype(np.float32)
+            executed = np.clip(executed, -1.0, 1.0)
+        obs, _, _, info = env.step(executed)
         if info["success"] and success_at is None:
             success_at = t
         if success_at is not None and t >= success_at + extra_frames:
@@ -129,6 +145,7 @@ def _record(ds: Any, record: dict[str, Any], task_list: list[str], episodes: int
 
     per_task: dict[str, dict[str, Any]] = {}
     image_size, camera, extra = record["image_size"], record["camera"], record["extra_frames"]
+    noise = record["action_noise"]
     bar = tqdm(total=episodes * len(task_list), desc="collect", disable=not progress)
     for task in task_list:
         policy = ScriptedExpert(task)
@@ -137,7 +154,7 @@ def _record(ds: Any, record: dict[str, Any], task_list: list[str], episodes: int
             while kept < episodes and attempts < max_attempts:
                 ep_seed = seed + attempts
                 attempts += 1
-                ok, frames = _expert_episode(env, policy, ep_seed, extra)
+                ok, frames = _expert_episode(env, policy, ep_seed, extra, noise)
                 if not ok:
                     continue
                 for f in frames:
@@ -161,7 +178,8 @@ def _record(ds: Any, record: dict[str, Any], task_list: list[str], episodes: int
 def collect(root: str | Path, tasks: str | list[str] = "push-v3", episodes: int = 50,
             seed: int = 0, image_size: int | None = None, fps: int = 80,
             max_attempts_factor: int = 3, progress: bool = True, camera: str = "corner",
-            extra_frames: int = 5, repo_id: str | None = None) -> dict[str, Any]:
+            extra_frames: int = 5, repo_id: str | None = None, action_noise: float = 0.0
+            ) -> dict[str, Any]:
     """Record ``episodes`` successful expert demonstrations per task into ``root``.
 
     Args:
@@ -178,6 +196,7 @@ def collect(root: str | Path, tasks: str | list[str] = "push-v3", episodes: int 
         camera: camera of the recorded images.
         extra_frames: frames recorded after the first success.
         repo_id: LeRobot repo id stored in the metadata (default :func:`default_repo_id`).
+        action_noise: DART noise std on the executed motion actions (labels stay clean).
 
     Returns:
         Summary: ``root``, ``repo_id``, per task ``{"kept", "attempts", "expert_success_rate",
@@ -186,6 +205,8 @@ def collect(root: str | Path, tasks: str | list[str] = "push-v3", episodes: int 
     task_list = resolve_tasks(tasks)
     if episodes < 1 or max_attempts_factor < 1 or extra_frames < 0:
         raise ValueError("need episodes >= 1, max_attempts_factor >= 1 and extra_frames >= 0")
+    if not 0.0 <= action_noise < float("inf"):
+        raise ValueError(f"action_noise must be a finite value >= 0, got {action_noise}")
     max_attempts = episodes * max_attempts_factor
     if seed < 0 or seed + max_attempts > EVAL_SEED_OFFSET:
         raise ValueError(f"collection seeds {seed} .. {seed + max_attempts - 1} must lie in "
@@ -205,6 +226,8 @@ def collect(root: str | Path, tasks: str | list[str] = "push-v3", episodes: int 
                                video_backend="pyav")  # no videos; skips torchcodec probing
     record: dict[str, Any] = {"env": "metaworld", "fps": fps, "image_size": image_size,
                               "camera": camera, "shadows": False, "extra_frames": extra_frames,
+                              "action_noise": float(action_noise), "seed": int(seed),
+                              "episodes_per_task": int(episodes),
                               "episodes": [],
                               "instructions": {t: instruction(t) for t in task_list}}
     try:
@@ -230,7 +253,7 @@ def collect(root: str | Path, tasks: str | list[str] = "push-v3", episodes: int 
 _CLI_KEYS: dict[str, type] = {
     "env": str, "task": str, "tasks": str, "episodes": int, "root": str, "seed": int,
     "image_size": int, "fps": int, "max_attempts_factor": int, "camera": str,
-    "extra_frames": int, "repo_id": str,
+    "extra_frames": int, "repo_id": str, "action_noise": float,
 }
 
 

@@ -60,6 +60,49 @@ def has_dataset(root: str | Path) -> bool:
             and any((root / "data").glob("*/*.parquet")))
 
 
+def check_collection(root: str | Path, spec: dict[str, Any]) -> None:
+    """Refuse to reuse a dataset recorded with other collection settings than ``spec``.
+
+    Datasets written by :func:`~.collect.collect` keep their settings in
+    ``meta/collection.json``; when the recipe asks for different ``tasks``, ``episodes``,
+    ``seed``, ``image_size``, ``extra_frames`` or ``action_noise`` than the dataset at ``root``
+    holds, training would silently learn from other demonstrations. Datasets without that file
+    (a user's own LeRobotDataset) are not checked.
+    """
+    from modalities.actions.collect import COLLECTION_FILE, resolve_tasks
+
+    path = Path(root) / COLLECTION_FILE
+    if not path.is_file():
+        return
+    rec = json.loads(path.read_text())
+    eps = rec.get("episodes", [])
+    have: dict[str, Any] = {
+        "tasks": sorted({e["task"] for e in eps}),
+        "image_size": rec.get("image_size"),
+        "extra_frames": rec.get("extra_frames", 5),
+        "action_noise": float(rec.get("action_noise", 0.0)),
+    }
+    want: dict[str, Any] = {}
+    spec = dict(spec)
+    tasks = spec.get("tasks", spec.get("task"))
+    if tasks is not None:
+        want["tasks"] = sorted(resolve_tasks(tasks))
+    for key in ("image_size", "extra_frames"):
+        if key in spec:
+            want[key] = spec[key]
+    if "action_noise" in spec:
+        want["action_noise"] = float(spec["action_noise"] or 0.0)
+    for key, rec_key in (("episodes", "episodes_per_task"), ("seed", "seed")):
+        if key in spec and rec.get(rec_key) is not None:  # recorded since action_noise
+            have[key], want[key] = int(rec[rec_key]), int(spec[key])
+    diff = {k: (have[k], v) for k, v in want.items() if k in have and have[k] != v}
+    if diff:
+        parts = ", ".join(f"{k}: dataset {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"the LeRobotDataset at {root} was collected with other settings "
+                         f"({parts}); point data.root at a new folder to collect these "
+                         "demonstrations, or drop the changed data.collect keys")
+
+
 def run_collect(root: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
     """Record the dataset described by ``spec`` (e.g. ``{"env": "metaworld", "tasks":
     "push-v3", "episodes": 50, "seed": 0}``) into ``root`` with :func:`~.collect.collect`."""
@@ -128,6 +171,8 @@ class ChunkDataset(Dataset):
                     f"task=push-v3 episodes=50 root={self.root}`"
                     + (" or pass collect={...}." if collect is None else "; not overwriting."))
             run_collect(self.root, collect)
+        elif collect is not None:
+            check_collection(self.root, collect)
         info = json.loads((self.root / "meta" / "info.json").read_text())
         feats: dict[str, dict] = info["features"]
         for key in STAT_FEATURES:

@@ -258,6 +258,56 @@ def quat_to_rotvec(q: Tensor) -> Tensor:
     return fac[..., None] * u
 
 
+def project(M: Tensor) -> Tensor:
+    """Nearest rotation (Frobenius norm) to ``M (..., 3, 3)``: ``U diag(1, 1, det(U V^T)) V^T``
+    from the SVD ``M = U S V^T`` (the orthogonal Procrustes solution; Higham 1988)."""
+    _check(M, (3, 3), "project")
+    U, _, Vh = torch.linalg.svd(M)
+    d = torch.linalg.det(U @ Vh)  # (...,) +-1
+    D = torch.ones(*M.shape[:-2], 3, dtype=M.dtype, device=M.device)
+    D[..., 2] = d
+    return U @ (D[..., None] * Vh)
+
+
+def validate(R: Tensor, mode: str = "error", atol: float = 1e-4, what: str = "rotations"
+             ) -> Tensor:
+    """Check that ``R (..., 3, 3)`` are rotations (finite, ``R^T R = I``, ``det R = +1``).
+
+    Args:
+        R: matrices. mode: ``"error"`` raises ValueError; ``"fix"`` re-orthogonalises the bad
+            ones with :func:`project` (reflections and singular matrices are still refused) and
+            warns with the count and the worst deviation. atol: tolerance on ``|R^T R - I|``
+            and ``|det R - 1|``. what: name used in messages.
+
+    Returns:
+        ``R`` (``"fix"``: with the bad matrices projected).
+    """
+    import warnings
+
+    _check(R, (3, 3), "validate")
+    if mode not in ("error", "fix"):
+        raise ValueError(f"validate: mode must be 'error' or 'fix', got {mode!r}")
+    if not torch.isfinite(R).all():
+        raise ValueError(f"{what}: contain NaN or inf")
+    eye = torch.eye(3, dtype=R.dtype, device=R.device)
+    orth = (R.transpose(-1, -2) @ R - eye).abs().amax((-1, -2))  # (...,)
+    det = torch.linalg.det(R)
+    bad = (orth > atol) | ((det - 1).abs() > atol)
+    if not bad.any():
+        return R
+    n, worst = int(bad.sum()), float(torch.maximum(orth, (det - 1).abs()).max())
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    msg = (f"{what}: {n} of {bad.numel()} matrices are not rotations (first at index {first}: "
+           f"|R^T R - I| = {float(orth[first]):.2e}, det = {float(det[first]):.4f}; worst "
+           f"deviation {worst:.2e} > atol {atol:g})")
+    if mode == "error":
+        raise ValueError(msg + "; pass mode='fix' to re-orthogonalise them")
+    if (det[bad] <= 0.1).any():
+        raise ValueError(msg + "; reflections or singular matrices cannot be re-orthogonalised")
+    warnings.warn(msg + "; re-orthogonalised (nearest rotation)", stacklevel=2)
+    return torch.where(bad[..., None, None], project(R), R)
+
+
 def random_uniform(shape: Sequence[int] | int = (), generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32, device: Device = None) -> Tensor:
     """Haar-uniform rotations: normalised standard Gaussian quaternions (Shoemake 1992).

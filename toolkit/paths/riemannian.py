@@ -292,9 +292,24 @@ def _times(T: Rigid | Tensor, t: float) -> Tensor:
     return torch.tensor(t, dtype=ref.dtype, device=ref.device)
 
 
+def _grid(steps: int, t_start: float, t_end: float, times: Any, fn: str) -> list[float]:
+    """The time grid: ``times`` (increasing, >= 2 points) or ``steps`` uniform intervals."""
+    if times is None:
+        if steps < 1:
+            raise ValueError(f"{fn}: steps must be >= 1, got {steps}")
+        dt = (t_end - t_start) / steps
+        return [t_start + k * dt for k in range(steps)] + [t_end]
+    ts = [float(v) for v in torch.as_tensor(times, dtype=torch.float64).reshape(-1)]
+    if len(ts) < 2 or any(b <= a for a, b in zip(ts, ts[1:])) or not all(
+            math.isfinite(v) for v in ts):
+        raise ValueError(f"{fn}: times must be a finite, strictly increasing grid of >= 2 "
+                         f"points, got {ts[:6]}{' ...' if len(ts) > 6 else ''}")
+    return ts
+
+
 def riemannian_euler(field: Field, T0: Rigid | Tensor, steps: int,
                      path: SE3Path | SO3GeodesicPath, t_start: float = 0.0,
-                     t_end: float = 1.0) -> tuple[Rigid | Tensor, int]:
+                     t_end: float = 1.0, times: Any = None) -> tuple[Rigid | Tensor, int]:
     """Riemannian (geodesic) Euler: ``T_{k+1} = step(T_k, field(T_k, t_k), dt)``.
 
     Args:
@@ -305,24 +320,24 @@ def riemannian_euler(field: Field, T0: Rigid | Tensor, steps: int,
         path: provides ``step``.
         t_start: start time.
         t_end: end time.
+        times: optional explicit increasing grid ``t_0 < ... < t_K`` (overrides ``steps``,
+            ``t_start``, ``t_end``), e.g. denser near the data end.
 
     Returns:
         ``(T, nfe)``: final state and number of field evaluations (= K).
     """
-    if steps < 1:
-        raise ValueError(f"riemannian_euler: steps must be >= 1, got {steps}")
-    dt = (t_end - t_start) / steps
+    ts = _grid(steps, t_start, t_end, times, "riemannian_euler")
     T, nfe = T0, 0
-    for k in range(steps):
-        v = field(T, _times(T, t_start + k * dt))
+    for t, t_next in zip(ts, ts[1:]):
+        v = field(T, _times(T, t))
         nfe += 1
-        T = path.step(T, v, dt)
+        T = path.step(T, v, t_next - t)
     return T, nfe
 
 
 def riemannian_heun(field: Field, T0: Rigid | Tensor, steps: int,
                     path: SE3Path | SO3GeodesicPath, t_start: float = 0.0, t_end: float = 1.0,
-                    euler_last: bool = True, transport: bool = False
+                    euler_last: bool = True, transport: bool = False, times: Any = None
                     ) -> tuple[Rigid | Tensor, int]:
     """Riemannian Heun (explicit trapezoid) in body-frame Lie-algebra coordinates.
 
@@ -345,22 +360,21 @@ def riemannian_heun(field: Field, T0: Rigid | Tensor, steps: int,
             Alg. 1) so the field is never evaluated at ``t_end`` (the conditional fields are
             singular at t = 1): NFE = 2K - 1. Otherwise NFE = 2K.
         transport: parallel-transport the second-stage rotation velocity (see above).
+        times: optional explicit increasing time grid (see :func:`riemannian_euler`).
 
     Returns:
         ``(T, nfe)``.
     """
-    if steps < 1:
-        raise ValueError(f"riemannian_heun: steps must be >= 1, got {steps}")
-    dt = (t_end - t_start) / steps
+    ts = _grid(steps, t_start, t_end, times, "riemannian_heun")
     T, nfe = T0, 0
-    for k in range(steps):
-        t = t_start + k * dt
+    for k, (t, t_next) in enumerate(zip(ts, ts[1:])):
+        dt = t_next - t
         v1 = field(T, _times(T, t))
         nfe += 1
-        if euler_last and k == steps - 1:
+        if euler_last and k == len(ts) - 2:
             T = path.step(T, v1, dt)
             break
-        v2 = field(path.step(T, v1, dt), _times(T, t + dt))
+        v2 = field(path.step(T, v1, dt), _times(T, t_next))
         nfe += 1
         T = path.step(T, _heun_mean(v1, v2, dt, transport), dt)
     return T, nfe
@@ -378,7 +392,7 @@ def sample_riemannian(model: Callable[..., Velocity], x0: Rigid | Tensor, *,
                       path: SE3Path | SO3GeodesicPath, solver: str = "euler", steps: int = 10,
                       t_start: float | None = None, t_end: float | None = None,
                       cond: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
-                      **options: Any) -> Rigid | Tensor:
+                      times: Any = None, **options: Any) -> Rigid | Tensor:
     """Integrate a learned tangent field from prior frames ``x0`` (t = 0) to data (t = 1).
 
     The path decides how a step is applied (``R exp(dt v)`` on SO(3), ``x + dt v`` on R^3):
@@ -394,6 +408,7 @@ def sample_riemannian(model: Callable[..., Velocity], x0: Rigid | Tensor, *,
         solver: ``euler`` or ``heun`` (options ``euler_last``, ``transport``).
         steps / t_start / t_end: uniform grid of ``steps`` intervals on [t_start, t_end].
         cond: keyword arguments passed to the model. info: receives ``nfe``.
+        times: an explicit increasing time grid instead (overrides steps / t_start / t_end).
     """
     if solver not in RIEMANNIAN_SOLVERS:
         raise ValueError(f"solver {solver!r} is not available on a manifold path; use one of "
@@ -404,7 +419,7 @@ def sample_riemannian(model: Callable[..., Velocity], x0: Rigid | Tensor, *,
     if bad:
         raise ValueError(f"solver {solver!r} got unknown option(s) {bad}; it accepts "
                          "['euler_last', 'transport']")
-    if steps is None or int(steps) < 1:
+    if times is None and (steps is None or int(steps) < 1):
         raise ValueError(f"steps must be >= 1 on a manifold path, got {steps}")
     kw = dict(cond or {})
 
@@ -416,7 +431,7 @@ def sample_riemannian(model: Callable[..., Velocity], x0: Rigid | Tensor, *,
     lo = 0.0 if t_start is None else float(t_start)
     hi = 1.0 if t_end is None else float(t_end)
     with torch.no_grad():
-        out, nfe = fn(field, x0, int(steps), path, lo, hi, **options)
+        out, nfe = fn(field, x0, int(steps or 1), path, lo, hi, times=times, **options)
     if info is not None:
         info["nfe"] = nfe
     return out

@@ -197,3 +197,35 @@ def test_collect_on_missing_root_and_images(tmp_path, monkeypatch):
     assert torch.equal(ref[2][key], ds[2][key])
     none = ChunkDataset(tmp_path / "auto", horizon=4, image_keys=[])
     assert key not in none[0]
+
+
+def test_dart_noise_executes_noisy_actions_but_records_clean_labels():
+    """DART collection: the recorded label is the expert's action at the recorded state, while
+    the executed action was perturbed (so the next state differs from a clean rollout)."""
+    task = "reach-v3"
+    with MetaWorldEnv(task, seed=0) as env:
+        ok_c, clean = collect_mod._expert_episode(env, expert(task), 3, 0, 0.0)
+        ok_n, noisy = collect_mod._expert_episode(env, expert(task), 3, 0, 0.3)
+    assert ok_c and ok_n
+    pol = expert(task)
+    for f in noisy[:20]:  # labels = expert(state), exactly
+        np.testing.assert_allclose(f["action"], pol.select_action(f), atol=1e-6)
+    s_clean = np.stack([f["observation.state"] for f in clean[:10]])
+    s_noisy = np.stack([f["observation.state"] for f in noisy[:10]])
+    np.testing.assert_allclose(s_clean[0], s_noisy[0])  # same configuration
+    assert np.abs(s_clean[5:, :3] - s_noisy[5:, :3]).max() > 1e-3  # the noise was executed
+
+
+def test_reusing_a_dataset_with_other_collection_settings_is_refused(demo, tmp_path):
+    root, _ = demo
+    rec = json.loads((root / collect_mod.COLLECTION_FILE).read_text())
+    assert rec["action_noise"] == 0.0 and rec["seed"] == 0 and rec["episodes_per_task"] == 2
+    same = {"env": "metaworld", "tasks": "push-v3", "episodes": 2, "seed": 0,
+            "image_size": None, "extra_frames": 5, "action_noise": 0.0}
+    ChunkDataset(root, horizon=H, collect=same)  # matching settings: reused
+    for key, value in (("action_noise", 0.3), ("extra_frames", 40), ("tasks", "reach-v3"),
+                       ("episodes", 50)):
+        with pytest.raises(ValueError, match=key):
+            ChunkDataset(root, horizon=H, collect={**same, key: value})
+    with pytest.raises(ValueError, match="action_noise"):
+        collect_mod.collect(tmp_path / "bad", "push-v3", episodes=1, action_noise=float("nan"))

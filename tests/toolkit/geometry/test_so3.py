@@ -255,3 +255,30 @@ def test_parity_with_scipy_rotation():
     q = so3.matrix_to_quat(so3.exp(v))  # (w, x, y, z), w >= 0
     q_ref = torch.from_numpy(ref.as_quat(canonical=True))[:, [3, 0, 1, 2]]  # scipy: (x, y, z, w)
     torch.testing.assert_close(q, q_ref, atol=1e-12, rtol=0)
+
+
+def test_validate_refuses_or_reorthogonalises():
+    import warnings
+
+    R = so3.random_uniform((4,), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(so3.validate(R), R)
+    bad = R.clone()
+    bad[2] = bad[2] * 1.01  # scaled: not orthogonal
+    with pytest.raises(ValueError, match=r"1 of 4 matrices.*index \(2,\)"):
+        so3.validate(bad)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        fixed = so3.validate(bad, mode="fix")
+    assert rec and "re-orthogonalised" in str(rec[0].message)
+    assert torch.allclose(fixed[2], R[2], atol=1e-12) and torch.equal(fixed[0], R[0])
+    refl = R.clone()
+    refl[1] = -refl[1]  # det = -1
+    with pytest.raises(ValueError, match="reflections"):
+        so3.validate(refl, mode="fix")
+    with pytest.raises(ValueError, match="NaN"):
+        so3.validate(torch.full((3, 3), float("nan")))
+    M = R + 0.05 * torch.randn(4, 3, 3, dtype=torch.float64, generator=torch.Generator()
+                                .manual_seed(1))
+    P = so3.project(M)
+    assert torch.allclose(P.transpose(-1, -2) @ P, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(P), torch.ones(4, dtype=torch.float64))

@@ -57,6 +57,16 @@ TINY_BY_RECIPE["metaworld_diffusion_policy"] = [
     "model.down_dims=[16,32]", "model.obs_dim=16", "model.step_dim=16",
     "data.collect.episodes=1", "task.val_batch=4", "sampler.steps=2"]
 
+_FRAMES = ["model.width=16", "model.pair_width=8", "model.depth=1", "model.heads=2",
+           "task.steps=2"]
+TINY_BY_RECIPE["protein_backbone_se3fm"] = [*_FRAMES, "data.crop=24", "data.min_length=16",
+                                            "data.repeats=1", "task.val_lengths=[12]"]
+TINY_BY_RECIPE["protein_backbone_euclid"] = [
+    "model.width=16", "model.depth=1", "model.heads=2", "task.steps=2", "data.crop=24",
+    "data.min_length=16", "data.repeats=1", "task.val_lengths=[12]"]
+TINY_BY_RECIPE["rigid_trajectory_se3fm"] = [*_FRAMES, "data.n=8", "data.n_frames=10",
+                                            "task.max_context=3"]
+
 
 def tiny_data_overrides(recipe: str, root: Path) -> list[str]:
     """Per-test data locations: Meta-World demonstrations are collected under ``root``;
