@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from modalities.structure.nets import AtomNet, FrameNet
 from toolkit.geometry import so3
 from toolkit.geometry.se3 import Rigid, ideal_backbone
+from toolkit.paths.riemannian import se3_ot_coupling
 from toolkit.train.tasks import StepContext, Task
 
 __all__ = ["BackboneFlowTask", "masked_center"]
@@ -89,6 +90,8 @@ class BackboneFlowTask(Task):
         steps: sampling Euler steps. rot_rate: FrameFlow's exponential rotation schedule at
             sampling (``u_rot = c log(R_t^T R1_hat)``); ``None``: the geodesic ``1 / (1 - t)``.
         grid_power: sampling time grid ``t_k = 1 - (1 - k/K)^p`` (p > 1: finer near data).
+        ot_coupling: pair prior and data structures by minibatch OT on SE(3)^N
+            (:func:`toolkit.paths.riemannian.se3_ot_coupling`, FoldFlow-OT) instead of at random.
         val_lengths: chain lengths drawn in validation.
     """
 
@@ -96,6 +99,7 @@ class BackboneFlowTask(Task):
                  rot_weight: float = 1.0, aux_weight: float = 1.0, aux_t: float = 0.75,
                  min_remaining: float = 0.1, self_cond: float = 0.5, motif_prob: float = 0.0,
                  steps: int = 100, rot_rate: float | None = 10.0, grid_power: float = 1.0,
+                 ot_coupling: bool = False,
                  val_lengths: tuple[int, ...] = (64, 96, 128)) -> None:
         for name, v in (("self_cond", self_cond), ("motif_prob", motif_prob), ("aux_t", aux_t)):
             if not 0.0 <= v <= 1.0:
@@ -107,6 +111,7 @@ class BackboneFlowTask(Task):
         self.aux_weight, self.aux_t, self.min_remaining = aux_weight, aux_t, min_remaining
         self.self_cond, self.motif_prob = self_cond, motif_prob
         self.steps, self.rot_rate, self.grid_power = int(steps), rot_rate, float(grid_power)
+        self.ot_coupling = bool(ot_coupling)
         self.val_lengths = tuple(int(n) for n in val_lengths)
 
     @staticmethod
@@ -170,7 +175,11 @@ class BackboneFlowTask(Task):
     def _loss_se3(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx):
         b, n = mask.shape
         R0 = _haar(ctx.randn((b, n, 4)).to(trans))
-        x0 = masked_center(ctx.randn((b, n, 3)).to(trans) * self.trans_scale, mask)
+        x0 = ctx.randn((b, n, 3)).to(trans) * self.trans_scale
+        if self.ot_coupling and fixed is None:
+            T0, _ = se3_ot_coupling(Rigid(R0, masked_center(x0, mask)), Rigid(rots, trans), mask)
+            R0, x0 = T0.rots, T0.trans
+        x0 = masked_center(x0, mask)
         Rt = so3.interpolate(R0, rots, t[:, None])  # (B, N, 3, 3)
         xt = (1 - t)[:, None, None] * x0 + t[:, None, None] * trans
         if fixed is not None:

@@ -291,6 +291,29 @@ def test_so3_ot_coupling_is_optimal():
     assert cost(perm.tolist()) <= cost(range(6))
 
 
+def test_se3_ot_coupling_is_optimal_with_masks():
+    from toolkit.paths.riemannian import se3_ot_coupling
+
+    g = _gen(30)
+    T0 = Rigid(_rots((5, 4), 31), torch.randn(5, 4, 3, generator=g, dtype=F64))
+    T1 = Rigid(_rots((5, 4), 32), torch.randn(5, 4, 3, generator=g, dtype=F64))
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    mask[1, 2:] = False  # data structure 1 has 2 residues: its padding costs nothing
+    Tp, perm = se3_ot_coupling(T0, T1, mask, rot_weight=0.5)
+    assert sorted(perm.tolist()) == list(range(5)) and torch.equal(Tp.trans, T0.trans[perm])
+
+    def cost(p):
+        p = list(p)
+        c = 0.5 * so3.geodesic_distance(T0.rots[p], T1.rots) ** 2 \
+            + ((T0.trans[p] - T1.trans) ** 2).sum(-1)
+        return (c * mask).sum().item()
+
+    best = min(cost(p) for p in itertools.permutations(range(5)))
+    assert cost(perm.tolist()) == pytest.approx(best, rel=1e-10)
+    with pytest.raises(ValueError, match="frames"):
+        se3_ot_coupling(T0, Rigid(T1.rots[:, :3], T1.trans[:, :3]))
+
+
 def test_prior_options_and_errors():
     p = SO3GeodesicPath(prior_eps=0.1)
     R = p.sample_prior((500,), _gen(22), dtype=F64)
