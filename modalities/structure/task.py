@@ -148,7 +148,7 @@ class BackboneFlowTask(Task):
             trans.shape[:2], dtype=torch.bool, device=trans.device)
         b, n = mask.shape
         t = ctx.sample_t("uniform", b).to(trans)  # (B,)
-        self._kw = self.model_kwargs(batch, ctx)
+        kw = self.model_kwargs(batch, ctx)
         fixed = self._motif(mask, ctx)
         if fixed is None:
             trans = masked_center(trans, mask)  # the prior and the predictions are centred
@@ -160,8 +160,10 @@ class BackboneFlowTask(Task):
         denom = (1.0 - t).clamp_min(self.min_remaining)  # (B,)
         keep = mask if fixed is None else mask & ~fixed
         if self.kind(model) == "se3":
-            return self._loss_se3(model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx)
-        return self._loss_euclidean(model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx)
+            return self._loss_se3(model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx,
+                                  kw)
+        return self._loss_euclidean(model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx,
+                                    kw)
 
     def _aux(self, a_hat: Tensor, a: Tensor, keep: Tensor, mask: Tensor, t: Tensor) -> Tensor:
         """Auxiliary losses in Angstrom^2 (in nm^2 they would be ~100x too small to shape the
@@ -172,7 +174,7 @@ class BackboneFlowTask(Task):
         dist = local_distance_loss(a_hat, a, mask & (t > self.aux_t)[:, None])
         return atom + dist
 
-    def _loss_se3(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx):
+    def _loss_se3(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx, kw):
         b, n = mask.shape
         R0 = _haar(ctx.randn((b, n, 4)).to(trans))
         x0 = ctx.randn((b, n, 3)).to(trans) * self.trans_scale
@@ -189,9 +191,9 @@ class BackboneFlowTask(Task):
         sc = None
         if use_sc:
             with torch.no_grad():
-                sc = self._center_pred(model(Tt, t, mask, None, fixed, **self._kw).trans, mask,
+                sc = self._center_pred(model(Tt, t, mask, None, fixed, **kw).trans, mask,
                                        fixed)
-        pred = model(Tt, t, mask, sc, fixed, **self._kw)
+        pred = model(Tt, t, mask, sc, fixed, **kw)
         x_hat = self._center_pred(pred.trans, mask, fixed)
         RtT = Rt.transpose(-1, -2)
         rot_err = (so3.log(RtT @ pred.rots) - so3.log(RtT @ rots)) / denom[:, None, None]
@@ -207,7 +209,8 @@ class BackboneFlowTask(Task):
         return {"loss": total, "rot": l_rot.detach(), "trans": l_trans.detach(),
                 "aux": aux.detach()}
 
-    def _loss_euclidean(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx):
+    def _loss_euclidean(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx,
+                        kw):
         b, n = mask.shape
         g = _haar(ctx.randn((b, 4)).to(trans))[:, None]  # (B, 1, 3, 3) augmentation
         x1 = ideal_backbone(Rigid(g @ rots, (g @ trans[..., None])[..., 0]))  # (B, N, 3, 3)
@@ -219,8 +222,8 @@ class BackboneFlowTask(Task):
         sc = None
         if use_sc:
             with torch.no_grad():
-                sc = model(xt, t, mask, None, fixed, **self._kw)
-        x_hat = model(xt, t, mask, sc, fixed, **self._kw)
+                sc = model(xt, t, mask, None, fixed, **kw)
+        x_hat = model(xt, t, mask, sc, fixed, **kw)
         err = ((x_hat - x1) / denom[:, None, None, None]) ** 2
         l_trans = _masked_mean(err.sum((-1, -2)) / 3.0, keep)
         aux = self._aux(x_hat, x1, keep, mask, t)
