@@ -24,7 +24,7 @@ from torch import Tensor
 from toolkit.paths.base import GaussianPath
 from toolkit.registry import unknown_name_error
 
-GRIDS = ("uniform", "karras", "logsnr", "shifted")
+GRIDS = ("uniform", "karras", "logsnr", "shifted", "power")
 
 
 def check_steps(steps: int) -> int:
@@ -175,16 +175,34 @@ def shifted(
     return 1.0 - shift * s / (1.0 + (shift - 1.0) * s)
 
 
+def power(
+    steps: int,
+    path: GaussianPath | None = None,
+    exponent: float = 2.0,
+    t_start: float | None = None,
+    t_end: float | None = None,
+) -> Tensor:
+    """``t = 1 - (1 - u)^p`` over a uniform ``u``: for ``p > 1`` the steps shrink towards the
+    data end (t = 1), so the last network call sees an almost clean input."""
+    if exponent <= 0:
+        raise ValueError(f"exponent must be > 0, got {exponent}")
+    u = uniform(steps, path, t_start, t_end)
+    t0, t1 = float(u[0]), float(u[-1])
+    return t0 + (t1 - t0) * (1.0 - (1.0 - (u - t0) / (t1 - t0)) ** exponent)
+
+
 def get_grid(
     grid: str | Tensor | Sequence[float], steps: int | None, path: GaussianPath, **kwargs
 ) -> Tensor:
-    """Build a grid by name (``uniform | karras | logsnr | shifted``) or validate a user one."""
+    """Build a grid by name (``uniform | karras | logsnr | shifted | power``) or validate a user
+    one."""
     if not isinstance(grid, str):
         ts = validate(grid)
         if steps is not None and check_steps(steps) != ts.numel() - 1:
             raise ValueError(f"user grid has {ts.numel() - 1} intervals but steps={steps}")
         return ts
-    fns = {"uniform": uniform, "karras": karras, "logsnr": logsnr, "shifted": shifted}
+    fns = {"uniform": uniform, "karras": karras, "logsnr": logsnr, "shifted": shifted,
+           "power": power}
     if grid not in fns:
         raise unknown_name_error("grid", grid, GRIDS)
     if steps is None:

@@ -137,7 +137,7 @@ class _FrameBlock(nn.Module):
             z = z + self.pair_mlp(z + self.pair_i(s)[:, :, None] + self.pair_j(s)[:, None, :])
         u = self.update(s)  # (B, N, 6)
         quat = torch.cat([torch.ones_like(u[..., :1]), u[..., :3]], -1)  # (1, b, c, d)
-        dT = Rigid(so3.quat_to_matrix(quat / quat.norm(dim=-1, keepdim=True)), u[..., 3:])
+        dT = Rigid(so3.quat_to_matrix(quat), u[..., 3:])  # quat_to_matrix normalises
         keep = mask if fixed is None else mask & ~fixed  # motif frames stay put
         new = T.compose(dT)
         m = keep[..., None]

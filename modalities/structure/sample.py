@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from toolkit import grids
 from toolkit.geometry import se3, so3
 from toolkit.geometry.se3 import Rigid
 from toolkit.paths.riemannian import SE3Path, SO3GeodesicPath
@@ -94,7 +95,7 @@ def generate(model: nn.Module, task: Any, lengths: list[int], generator: torch.G
     power = float(getattr(task, "grid_power", 1.0) if grid_power is None else grid_power)
     if not power > 0:
         raise ValueError(f"grid_power must be > 0, got {power}")
-    times = 1.0 - (1.0 - torch.linspace(0.0, 1.0, int(steps) + 1, dtype=torch.float64)) ** power
+    times = grids.power(int(steps), exponent=power)
     p = next(model.parameters())
     dev, dt = p.device, p.dtype
     out: list[Tensor] = []
@@ -177,7 +178,7 @@ def sample_frames(model: nn.Module, task: Any, mask: Tensor, fixed: Tensor | Non
     b, n = mask.shape
     p = next(model.parameters())
     dev, dt = p.device, p.dtype
-    times = torch.linspace(0, 1, 101, dtype=torch.float64) if times is None else times
+    times = grids.uniform(100) if times is None else times
     kw, nkw, w = dict(model_kw or {}), dict(null_kw or {}), float(guidance)
     state: dict[str, Tensor | None] = {"sc": None}
     path = SE3Path(SO3GeodesicPath("linear" if rate is None else "exp", exp_rate=rate or 10.0),

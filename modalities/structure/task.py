@@ -49,12 +49,6 @@ def masked_center(x: Tensor, mask: Tensor) -> Tensor:
     return (x - mean) * m
 
 
-def _haar(q: Tensor) -> Tensor:
-    """Haar-uniform rotations from standard normal 4-vectors ``(..., 4)`` (normalised
-    Gaussian quaternions are uniform on S^3; Shoemake 1992)."""
-    return so3.quat_to_matrix(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-
 def _masked_mean(err: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(err.dtype)
     return (err * m).sum() / m.sum().clamp_min(1.0)
@@ -176,7 +170,7 @@ class BackboneFlowTask(Task):
 
     def _loss_se3(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx, kw):
         b, n = mask.shape
-        R0 = _haar(ctx.randn((b, n, 4)).to(trans))
+        R0 = so3.quat_to_matrix(ctx.randn((b, n, 4)).to(trans))  # Haar (Shoemake 1992)
         x0 = ctx.randn((b, n, 3)).to(trans) * self.trans_scale
         if self.ot_coupling and fixed is None:
             T0, _ = se3_ot_coupling(Rigid(R0, masked_center(x0, mask)), Rigid(rots, trans), mask)
@@ -212,7 +206,7 @@ class BackboneFlowTask(Task):
     def _loss_euclidean(self, model, rots, trans, mask, fixed, keep, t, denom, use_sc, ctx,
                         kw):
         b, n = mask.shape
-        g = _haar(ctx.randn((b, 4)).to(trans))[:, None]  # (B, 1, 3, 3) augmentation
+        g = so3.quat_to_matrix(ctx.randn((b, 4)).to(trans))[:, None]  # (B, 1, 3, 3) augmentation
         x1 = ideal_backbone(Rigid(g @ rots, (g @ trans[..., None])[..., 0]))  # (B, N, 3, 3)
         x1 = x1 * mask[..., None, None]
         x0 = masked_center(ctx.randn((b, n, 3, 3)).to(trans) * self.trans_scale, mask)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from modalities.structure.sample import sample_frames
 from modalities.structure.task import BackboneFlowTask
 from modalities.trajectory.sim import CLASS_NAMES
+from toolkit import grids
 from toolkit.geometry import so3
 from toolkit.geometry.se3 import Rigid
 from toolkit.train.tasks import StepContext
@@ -158,8 +159,7 @@ def generate_trajectories(model: nn.Module, task: RigidTrajectoryTask, cls: Tens
         fixed = fixed.expand(b, n_frames)
     rate = task.rot_rate if rot_rate == "task" else rot_rate
     n_steps = int(steps or task.steps)
-    times = 1.0 - (1.0 - torch.linspace(0.0, 1.0, n_steps + 1, dtype=torch.float64)) ** \
-        task.grid_power
+    times = grids.power(n_steps, exponent=task.grid_power)
     w = task.guidance if guidance is None else float(guidance)
     T = sample_frames(model, task, mask, fixed, Tm, rate, generator, times,
                       model_kw={"y": y}, null_kw={"y": null},

@@ -66,3 +66,15 @@ def test_bad_steps(bad) -> None:
 def test_unknown_grid_name() -> None:
     with pytest.raises(ValueError, match="Did you mean 'karras'"):
         grids.get_grid("karas", 5, paths.get("linear"))
+
+
+def test_power_grid_refines_the_data_end():
+    u = grids.power(10, exponent=1.0)
+    assert torch.allclose(u, grids.uniform(10))
+    g = grids.power(10, exponent=2.0)
+    assert g[0] == 0 and g[-1] == 1 and (g.diff() > 0).all()
+    assert torch.allclose(g.diff()[-1], torch.tensor(0.01, dtype=g.dtype))  # (1/10)^2
+    assert torch.allclose(grids.power(4, exponent=3.0, t_start=0.2, t_end=0.6)[[0, -1]],
+                          torch.tensor([0.2, 0.6], dtype=g.dtype))
+    with pytest.raises(ValueError, match="exponent"):
+        grids.power(4, exponent=0.0)
