@@ -8,23 +8,29 @@ Layout of a run directory::
         ema.safetensors                 EMA weights (sampling uses these by default)
         optimizer.pt                    optimizer state dict (loaded with weights_only=True)
         config.yaml                     the same resolved recipe
-        state.json                      step, RNG states, data position, EMA counter, ...
+        state.json                      step, RNG states, data position, EMA counter, ...,
+                                        and the SHA-256 and size of every other file
         rng_rank1.json ...              RNG states of the other processes (multi-process)
 
 A checkpoint directory is written under a temporary name (``.tmp-...``) and renamed into
 place with ``os.replace`` only when complete (``state.json`` is written last), so a crash
 mid-write never damages or hides the previous checkpoint; stale temporary directories are
-removed at the next save.
+removed at the next save. A failed write (e.g. a full disk) removes its temporary directory
+and says that the previous checkpoint is intact. ``latest`` (resume, sampling) verifies the
+checksums and falls back, with a warning, to the newest checkpoint that is intact, so a
+checkpoint truncated or modified after it was written is never loaded silently.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,39 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 def step_dir_name(step: int) -> str:
     """``step_00000100`` for step 100."""
     return f"step_{int(step):08d}"
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"sha256": hex digest, "bytes": size}`` of a file (read in 1 MiB blocks)."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            n += len(block)
+    return {"sha256": h.hexdigest(), "bytes": n}
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None if the checkpoint at ``path`` is complete and intact, else what is wrong
+    (unreadable ``state.json``, a missing file, a size or SHA-256 mismatch). Checkpoints
+    written before checksums were recorded are only checked for completeness."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"state.json is missing or unreadable ({type(e).__name__}: {e})"
+    if not (path / "model.safetensors").is_file():
+        return "model.safetensors is missing"
+    for name, want in (state.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != int(want["bytes"]):
+            return (f"{name} has {f.stat().st_size} bytes, {want['bytes']} were written "
+                    "(truncated or modified)")
+        if file_digest(f)["sha256"] != want["sha256"]:
+            return f"{name} does not match its SHA-256 checksum (corrupted or modified)"
+    return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -74,17 +113,26 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = tmp_dir or make_tmp_dir(run_dir, step)
-    contiguous = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-    save_file(contiguous, str(tmp / "model.safetensors"))
-    if ema_state is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()},
-                  str(tmp / "ema.safetensors"))
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    for name, obj in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(obj))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))  # completeness marker
+    try:
+        contiguous = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        save_file(contiguous, str(tmp / "model.safetensors"))
+        if ema_state is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()},
+                      str(tmp / "ema.safetensors"))
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj))
+        files = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        state = {**state, "files": files}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))  # completeness marker
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(run_dir, verify=False)
+        raise OSError(
+            f"writing checkpoint {step_dir_name(step)} failed ({e}); nothing was replaced, "
+            f"the previous checkpoint {str(prev) if prev else '(none)'} is intact") from e
     if final.exists():  # re-saving the same step: move the old one aside first
         trash = root / f".trash-{final.name}-{os.getpid()}"
         os.replace(final, trash)
@@ -124,10 +172,20 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def latest_checkpoint(run_dir: str | Path, verify: bool = True) -> Path | None:
+    """The newest complete checkpoint of a run, or None. With ``verify`` (default) the
+    newest one that passes :func:`verify_checkpoint`; each one skipped is warned about."""
     ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+    if not verify:
+        return ckpts[-1] if ckpts else None
+    for i in range(len(ckpts) - 1, -1, -1):
+        problem = verify_checkpoint(ckpts[i])
+        if problem is None:
+            return ckpts[i]
+        older = str(ckpts[i - 1]) if i else "none left"
+        warnings.warn(f"checkpoint {str(ckpts[i])!r} is damaged: {problem}; falling back to "
+                      f"the previous one ({older})", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def resolve_checkpoint(spec: str | Path, run_dir: str | Path) -> Path | None:
@@ -137,6 +195,10 @@ def resolve_checkpoint(spec: str | Path, run_dir: str | Path) -> Path | None:
         return latest_checkpoint(run_dir)
     p = Path(spec)
     if (p / "state.json").is_file():
+        problem = verify_checkpoint(p)
+        if problem is not None:
+            raise ValueError(f"checkpoint {str(p)!r} is damaged: {problem}. Pass the run "
+                             "directory (or 'latest') to fall back to its newest intact one")
         return p
     if (p / CKPT_DIR).is_dir():
         ck = latest_checkpoint(p)
@@ -287,6 +349,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "latest", use_ema: bool = Tr
 
 __all__ = [
     "save_checkpoint", "make_tmp_dir", "tmp_dir_path", "list_checkpoints", "latest_checkpoint",
+    "verify_checkpoint", "file_digest",
     "resolve_checkpoint", "prune_checkpoints", "load_checkpoint", "rng_state",
     "set_rng_state", "generator_state", "set_generator_state", "filter_state",
     "load_weights", "load_run", "step_dir_name",

@@ -31,6 +31,7 @@ GROUPS = ("run", "trainer", "model", "data", "task", "sampler")
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+NONFINITE = ("stop", "skip", "reduce_lr")
 
 
 @dataclass
@@ -60,6 +61,9 @@ class TrainerConfig:
     num_workers: int = 0
     progress: bool = True
     tensorboard: bool = True
+    nonfinite: str = "stop"
+    nonfinite_lr_factor: float = 0.5
+    max_nonfinite: int = 10
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -78,6 +82,13 @@ class TrainerConfig:
             raise unknown_name_error("trainer.mixed_precision", self.mixed_precision, PRECISIONS)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.nonfinite not in NONFINITE:
+            raise unknown_name_error("trainer.nonfinite", self.nonfinite, NONFINITE)
+        if not 0.0 < self.nonfinite_lr_factor < 1.0:
+            raise ValueError("trainer.nonfinite_lr_factor must be in (0, 1), got "
+                             f"{self.nonfinite_lr_factor}")
+        if int(self.max_nonfinite) < 1:
+            raise ValueError(f"trainer.max_nonfinite must be >= 1, got {self.max_nonfinite}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for the optimizer step taken after ``step`` steps.

@@ -109,7 +109,7 @@ class Trainer:
                                f"accelerate set up {self.world} process(es)")
         self.main = self.acc.is_main_process
         start_ckpt = ckpt_mod.resolve_checkpoint(resume, self.run_dir) if resume else None
-        if resume is None and ckpt_mod.latest_checkpoint(self.run_dir) is not None:
+        if resume is None and ckpt_mod.latest_checkpoint(self.run_dir, verify=False) is not None:
             raise FileExistsError(
                 f"run_dir {str(self.run_dir)!r} already has checkpoints; pass resume=latest to "
                 f"continue it, or choose another run_dir=...")
@@ -130,6 +130,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.seed + 1)
         torch.manual_seed(self.seed + 7919 * (self.rank + 1))
         self.step, self.history, self.last_ckpt = 0, [], start_ckpt
+        self.lr_scale, self.bad_streak, self.bad_total = 1.0, 0, 0  # non-finite policy state
         if start_ckpt is not None:
             self._restore(start_ckpt)
         elif resume and self.main:
@@ -195,6 +196,9 @@ class Trainer:
         if data["optimizer"] is not None:
             self.opt.load_state_dict(data["optimizer"])
         self.step = int(st["step"])
+        nf = st.get("nonfinite", {})
+        self.lr_scale = float(nf.get("lr_scale", 1.0))
+        self.bad_streak, self.bad_total = int(nf.get("streak", 0)), int(nf.get("total", 0))
         ckpt_mod.set_generator_state(self.generator, st["generator"])
         rank_file = ckpt / f"rng_rank{self.rank}.json"
         if self.rank == 0:
@@ -230,6 +234,8 @@ class Trainer:
                 "rng": ckpt_mod.rng_state(), "ema": self.ema.meta(),
                 "lr": self.cfg.lr_at(max(0, self.step - 1)),
                 "last_loss": self.history[-1] if self.history else None,
+                "nonfinite": {"lr_scale": self.lr_scale, "streak": self.bad_streak,
+                              "total": self.bad_total},
                 "torch_version": torch.__version__,
             }
             path = ckpt_mod.save_checkpoint(
@@ -262,12 +268,36 @@ class Trainer:
                 self.logger.log(self.step, res)
         self.acc.wait_for_everyone()
 
-    def _stop(self, what: str, value: float) -> None:
+    def _stop(self, what: str, value: float, why: str = "") -> None:
         last = str(self.last_ckpt) if self.last_ckpt else "none (no checkpoint was written yet)"
         raise NonFiniteLossError(
-            f"{what} became {value} at step {self.step + 1}; training stopped. Nothing was "
-            f"saved after the last good checkpoint: {last}. Try a lower trainer.lr, "
-            f"trainer.grad_clip, or check the data for NaN/inf values.")
+            f"{what} became {value} at step {self.step + 1}{why}; training stopped. Nothing "
+            f"was saved after the last good checkpoint: {last}. Try a lower trainer.lr, "
+            f"trainer.grad_clip, trainer.nonfinite=skip|reduce_lr, or check the data for "
+            f"NaN/inf values.")
+
+    def _nonfinite(self, what: str, value: float) -> bool:
+        """Apply ``trainer.nonfinite`` to a NaN/inf loss or gradient norm: raise (stop) or
+        drop this step's update (skip; reduce_lr also scales the learning rate down) and
+        return True. Bad steps are logged (``nonfinite``, ``lr_scale``) and counted."""
+        c = self.cfg
+        self.bad_streak += 1
+        self.bad_total += 1
+        if c.nonfinite == "stop":
+            self._stop(what, value)
+        if self.bad_streak > c.max_nonfinite:
+            self._stop(what, value, f" ({self.bad_streak} bad steps in a row, "
+                       f"trainer.max_nonfinite={c.max_nonfinite})")
+        if c.nonfinite == "reduce_lr":
+            self.lr_scale *= c.nonfinite_lr_factor
+        self.opt.zero_grad(set_to_none=True)
+        if self.main:
+            print(f"warning: {what} became {value} at step {self.step + 1}; update skipped "
+                  f"(trainer.nonfinite={c.nonfinite}, lr scale {self.lr_scale:g}, "
+                  f"{self.bad_streak} in a row)")
+        self.logger.log(self.step + 1, {"nonfinite": float(self.bad_total),
+                                        "lr_scale": self.lr_scale})
+        return True
 
     def fit(self) -> dict[str, Any]:
         """Train to ``max_steps``; returns ``{"step", "history", "checkpoint", "run_dir"}``."""
@@ -279,7 +309,7 @@ class Trainer:
         t_last, s_last = time.perf_counter(), self.step
         try:
             while self.step < c.max_steps:
-                lr = c.lr_at(self.step)
+                lr = c.lr_at(self.step) * self.lr_scale
                 for group in self.opt.param_groups:
                     group["lr"] = lr
                 self.model.train()
@@ -304,17 +334,18 @@ class Trainer:
                                 extras[k] = float(v) / c.grad_accum + extras.get(k, 0.0)
                 g_loss = self.acc.reduce(total, "mean") if self.world > 1 else total
                 loss_v = float(g_loss)
-                if not math.isfinite(loss_v):
-                    self._stop("the loss", loss_v)
+                bad = not math.isfinite(loss_v) and self._nonfinite("the loss", loss_v)
                 gnorm = None
-                if c.grad_clip:
+                if c.grad_clip and not bad:
                     gnorm = float(self.acc.clip_grad_norm_(self.model.parameters(), c.grad_clip))
                     if not math.isfinite(gnorm) and self.acc.mixed_precision != "fp16":
-                        self._stop("the gradient norm", gnorm)
-                self.opt.step()
+                        bad = self._nonfinite("the gradient norm", gnorm)
+                if not bad:
+                    self.opt.step()
+                    self.bad_streak = 0
                 self.opt.zero_grad(set_to_none=True)
-                self.step += 1
-                decay = self.ema.update(self.acc.unwrap_model(self.model))
+                self.step += 1  # a skipped step still consumes its batch and noise (resume)
+                decay = self.ema.update(self.acc.unwrap_model(self.model)) if not bad else 0.0
                 self.history.append(loss_v)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}")
