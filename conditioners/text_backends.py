@@ -185,7 +185,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _load_open_clip(path: str | Path, model_name: str | None, normalize: bool) -> TextBackend:
+def _load_open_clip(path: str | Path, model_name: str | None, normalize: bool,
+                    allow_pickle: bool = False) -> TextBackend:
     try:
         import open_clip
     except ImportError as e:
@@ -197,6 +198,10 @@ def _load_open_clip(path: str | Path, model_name: str | None, normalize: bool) -
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"open_clip checkpoint {str(p)!r} does not exist")
+    if not allow_pickle and p.suffix.lower() != ".safetensors":
+        from toolkit.files import refuse_pickle
+
+        refuse_pickle(p, "open_clip checkpoint")
     model = open_clip.create_model(model_name, pretrained=str(p), device="cpu")
     return OpenCLIPTextBackend(model, open_clip.get_tokenizer(model_name), normalize=normalize,
                                name=f"{model_name}|{p.resolve()}")
@@ -205,7 +210,7 @@ def _load_open_clip(path: str | Path, model_name: str | None, normalize: bool) -
 def load_text_backend(
     path: str | Path | None = None, *, kind: str = "auto", max_length: int | None = None,
     normalize: bool | None = None, model_name: str | None = None,
-    hidden_layer: int | None = None,
+    hidden_layer: int | None = None, allow_pickle: bool = False,
 ) -> TextBackend:
     """Load a frozen text encoder from a local folder (MiniLM when ``path`` is None).
 
@@ -219,6 +224,8 @@ def load_text_backend(
         model_name: open_clip architecture name (``kind="open_clip"`` only).
         hidden_layer: token states from this hidden layer (transformers models; see
             :class:`HFTextBackend`). None = last.
+        allow_pickle: also read pickle-based weights (``.bin`` / ``.pt``); off by default
+            because unpickling an untrusted file can run arbitrary code.
     """
     if kind not in BACKEND_KINDS:
         raise unknown_name_error("text encoder kind", kind, BACKEND_KINDS)
@@ -227,7 +234,7 @@ def load_text_backend(
             raise ValueError("hidden_layer is not supported for open_clip text towers")
         if path is None:
             raise ValueError("kind='open_clip' needs path= to a local checkpoint file")
-        return _load_open_clip(path, model_name, bool(normalize))
+        return _load_open_clip(path, model_name, bool(normalize), allow_pickle)
     if path is None:
         if kind not in ("auto", "minilm"):
             raise ValueError(f"kind={kind!r} needs path= to a local folder with its weights")
@@ -242,7 +249,15 @@ def load_text_backend(
                 "t5" if model_type in ("t5", "mt5", "umt5") else "hf")
     # Touch only the class in use: importing an unrelated one can fail on a missing optional dep.
     cls = getattr(tf, {"clip": "CLIPTextModel", "t5": "T5EncoderModel"}.get(kind, "AutoModel"))
-    model = cls.from_pretrained(str(folder), local_files_only=True)
+    from toolkit.files import safetensors_only
+
+    if not allow_pickle and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise ValueError(f"text encoder folder {str(folder)!r} has only pickle-based .bin "
+                         "weights; unpickling can run arbitrary code, so they are refused. "
+                         "Re-save with safe_serialization=True, or pass allow_pickle=True if "
+                         "you trust the source")
+    model = cls.from_pretrained(str(folder), local_files_only=True,
+                                **safetensors_only(allow_pickle))
     tokenizer = tf.AutoTokenizer.from_pretrained(str(tok_folder), local_files_only=True)
     if normalize is None:
         modules = _read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []

@@ -1,9 +1,15 @@
-"""Shared file helpers: the toolkit's cache root and atomic writes.
+"""Shared file helpers: the toolkit's cache root, atomic writes and safe weight loading.
 
 Every cache (datasets, caption embeddings, codec latents, metric networks, speech corpora)
 lives under :func:`cache_root` and every cache or run file is written by
 :func:`atomic_write`: into a temp file in the destination folder, then ``os.replace``, so a
 reader never sees a partial file and a failed write leaves the previous file intact.
+
+Weights are read from safetensors only by default: a pickle-based file (``.pt``, ``.bin``,
+``.ckpt``, ...) can run arbitrary code when unpickled, so :func:`load_tensors` refuses it
+unless the caller passes ``allow_pickle=True`` (and even then uses torch's restricted
+``weights_only`` unpickler). :func:`safetensors_only` gives the matching keyword for
+transformers / diffusers ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 
 UMASK = os.umask(0o022)  # read once (os.umask is process-wide): mkstemp/mkdtemp make 0600/0700
 os.umask(UMASK)
@@ -43,4 +52,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     return path
 
 
-__all__ = ["UMASK", "atomic_write", "cache_root"]
+def refuse_pickle(path: str | os.PathLike, what: str = "weights file") -> None:
+    """Raise ValueError for a pickle-based weights file (by suffix or magic bytes)."""
+    p = Path(path)
+    magic = b""
+    if p.is_file():
+        with open(p, "rb") as f:
+            magic = f.read(2)
+    pickled = p.suffix.lower() in PICKLE_SUFFIXES or magic[:1] == b"\x80" or magic == b"PK"
+    if pickled:
+        raise ValueError(
+            f"{what} {str(p)!r} is a pickle-based file; unpickling can run arbitrary code, so "
+            f"it is refused. Convert it to .safetensors (safetensors.torch.save_file), or "
+            f"pass allow_pickle=True only if you trust where it came from")
+
+
+def load_tensors(path: str | os.PathLike, *, allow_pickle: bool = False,
+                 map_location: str = "cpu", what: str = "weights file") -> dict[str, Any]:
+    """A state dict from ``.safetensors``; a pickle-based file only with ``allow_pickle``
+    (then through ``torch.load(weights_only=True)``, which still refuses arbitrary objects).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a pickle-based file without
+            ``allow_pickle``, or a file that is neither safetensors nor a torch checkpoint.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist")
+    if p.suffix.lower() == ".safetensors":
+        try:
+            return load_file(str(p), device=map_location)
+        except SafetensorError as e:
+            raise ValueError(f"{what} {str(p)!r} is not a valid safetensors file ({e}); it "
+                             "may be truncated") from e
+    if not allow_pickle:
+        refuse_pickle(p, what)
+        raise ValueError(f"{what} {str(p)!r} is not a .safetensors file")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - name the file whatever the unpickler says
+        raise ValueError(f"{what} {str(p)!r} could not be read as a torch checkpoint with "
+                         f"weights_only=True ({type(e).__name__}: {e})") from e
+
+
+def safetensors_only(allow_pickle: bool = False) -> dict[str, bool]:
+    """``{"use_safetensors": True}`` unless ``allow_pickle``: for ``from_pretrained``."""
+    return {} if allow_pickle else {"use_safetensors": True}
+
+
+__all__ = ["UMASK", "atomic_write", "cache_root", "load_tensors", "refuse_pickle",
+           "safetensors_only", "PICKLE_SUFFIXES"]

@@ -67,8 +67,11 @@ class DiffusersCodec(Codec):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, requantize: bool = False,
-                        **kwargs: Any) -> DiffusersCodec:
-        """Load a local diffusers folder (``config.json`` + weights; no downloads)."""
+                        allow_pickle: bool = False, **kwargs: Any) -> DiffusersCodec:
+        """Load a local diffusers folder (``config.json`` + weights; no downloads).
+        Only safetensors weights are read unless ``allow_pickle`` (``.bin`` files unpickle)."""
+        from toolkit.files import safetensors_only
+
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"DiffusersCodec: no config.json in {str(folder)!r}; "
@@ -78,6 +81,13 @@ class DiffusersCodec(Codec):
             raise ValueError(f"DiffusersCodec: {str(folder)!r} holds a {kind!r}, "
                              "expected AutoencoderKL or VQModel")
         model_cls = getattr(_diffusers(), kind)
+        kwargs = {**safetensors_only(allow_pickle), **kwargs}
+        if not allow_pickle and not any(folder.glob("*.safetensors")) and any(
+                folder.glob("*.bin")):
+            raise ValueError(f"DiffusersCodec: {str(folder)!r} has only pickle-based .bin "
+                             "weights; unpickling can run arbitrary code, so they are refused. "
+                             "Re-save with safe_serialization=True, or pass allow_pickle=true "
+                             "if you trust the source")
         model = model_cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
         return cls(model.eval(), requantize=requantize)
 

@@ -128,10 +128,13 @@ def test_open_clip_loader_plumbing_with_a_stub(tmp_path, monkeypatch):
             self.text = text
 
     monkeypatch.setitem(sys.modules, "open_clip", stub)
-    ckpt = tmp_path / "m.bin"
+    ckpt = tmp_path / "m.safetensors"
     ckpt.write_bytes(b"")
     with pytest.raises(ValueError, match="model_name"):
         load_text_backend(ckpt, kind="open_clip")
+    (tmp_path / "m.bin").write_bytes(b"\x80\x02")
+    with pytest.raises(ValueError, match="pickle-based"):  # refused before open_clip sees it
+        load_text_backend(tmp_path / "m.bin", kind="open_clip", model_name="tiny")
     tc = TextConditioner(ckpt, kind="open_clip", model_name="tiny")
     assert (tc.token_dim, tc.pooled_dim, tc.backend.max_length) == (4, 3, 6)
     c = tc(["ab", ""])
