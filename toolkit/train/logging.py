@@ -43,8 +43,14 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = []
+            for ln in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(ln)
+                except ValueError:  # a line cut short when the process was killed
+                    continue
+                if rec.get("step", 0) <= resume_step:
+                    kept.append(ln)
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
