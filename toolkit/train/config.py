@@ -72,6 +72,13 @@ class TrainerConfig:
         for name in ("warmup_steps", "val_every", "num_workers", "ema_start"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "ema_decay",
+                     "ema_power", "nonfinite_lr_factor", *(f"betas[{i}]" for i in range(2))):
+            v = (self.betas[int(name[-2])] if name.startswith("betas") else getattr(self, name))
+            if v is not None and not math.isfinite(float(v)):
+                raise ValueError(f"trainer.{name} must be a finite number, got {v}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"trainer.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:
             raise ValueError(f"trainer.lr must be > 0, got {self.lr}")
         if self.schedule not in SCHEDULES:
@@ -208,6 +215,22 @@ def _check_type(key: str, default: Any, new: Any) -> None:
         )
 
 
+INT_LIMIT = 2**31 - 1
+
+
+def _check_range(key: str, new: Any) -> None:
+    """Refuse integers beyond 32 bits and non-finite floats in an override: no setting of
+    this toolkit needs them, and sizes like ``model.depth=10**12`` would hang or exhaust
+    memory long before failing."""
+    items = list(new) if isinstance(new, ListConfig) else [new]
+    for v in items:
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMIT:
+            raise RecipeError(f"override {key}={v}: integer out of range (|value| > "
+                              f"{INT_LIMIT})")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RecipeError(f"override {key}={v}: the value must be a finite number")
+
+
 def compose_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = (),
                    path: str | Path | None = None) -> DictConfig:
     """Compose, validate and resolve a recipe with overrides.
@@ -268,8 +291,12 @@ def compose_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = (),
             )
     cfg = _compose(group_ovs + [raw for *_, raw in value_ovs])
     for prefix, key, *_ in value_ovs:
+        if prefix == "~":
+            continue
+        new = OmegaConf.select(cfg, key)
+        _check_range(key, new)
         if prefix == "":
-            _check_type(key, OmegaConf.select(base, key), OmegaConf.select(cfg, key))
+            _check_type(key, OmegaConf.select(base, key), new)
     OmegaConf.set_struct(cfg, False)
     cfg.recipe = recipe
     try:

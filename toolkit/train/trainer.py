@@ -394,14 +394,37 @@ def build(cfg: Any, with_data: bool = True) -> tuple[nn.Module, Task, Any]:
     """
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
-    dataset = instantiate(cfg.data, _convert_="all") if with_data else None
-    sampler = instantiate(cfg.sampler, _convert_="all") if "sampler" in cfg else None
+    dataset = _in_group("data", cfg, lambda: instantiate(cfg.data, _convert_="all")
+                        ) if with_data else None
+    sampler = _in_group("sampler", cfg, lambda: instantiate(cfg.sampler, _convert_="all")
+                        ) if "sampler" in cfg else None
     kw = {"sampler": sampler} if sampler is not None else {}
     # _partial_: hydra would turn a dataclass kwarg into a config node
-    task = instantiate(cfg.task, _convert_="all", _partial_=True)(**kw)
+    task = _in_group("task", cfg, lambda: instantiate(cfg.task, _convert_="all",
+                                                      _partial_=True)(**kw))
     torch.manual_seed(seed)
-    model = task.wrap_model(instantiate(cfg.model, _convert_="all"))
+    net = _in_group("model", cfg, lambda: instantiate(cfg.model, _convert_="all"))
+    model = _in_group("task", cfg, lambda: task.wrap_model(net), also="model")
     return model, task, dataset
+
+
+def _in_group(group: str, cfg: Any, make: Any, also: str | None = None) -> Any:
+    """Run ``make()``; an error is re-raised as a RecipeError that names the recipe group
+    (and its ``_target_``) whose settings it comes from. Missing files stay OSErrors."""
+    from toolkit.train.config import RecipeError
+
+    try:
+        return make()
+    except (RecipeError, OSError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - any constructor failure becomes a recipe error
+        target = cfg[group].get("_target_", "?") if group in cfg else "?"
+        where = f"{group} ({target})" + (f" with this {also} ({cfg[also].get('_target_')})"
+                                          if also and also in cfg else "")
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise RecipeError(f"{where} refused its settings: {msg}. Check the {group}.* "
+                          + (f"and {also}.* " if also else "") + "values of the recipe "
+                          "and your overrides (`toolkit train recipe=NAME --dry-run`)") from e
 
 
 def train_recipe(cfg: Any) -> dict[str, Any]:
