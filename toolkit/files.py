@@ -99,10 +99,48 @@ def load_tensors(path: str | os.PathLike, *, allow_pickle: bool = False,
                          f"weights_only=True ({type(e).__name__}: {e})") from e
 
 
+def content_digest(obj: Any) -> str:
+    """SHA-256 (hex) of nested dicts (keys sorted) / lists / tuples of tensors, numpy arrays,
+    strings and numbers: stored inside a cache file, it catches corruption the container
+    format does not (``torch.save`` files carry no checksum of the tensor bytes).
+    """
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                feed(str(k))
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, list | tuple):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            h.update(f"A{x.dtype.str}{x.shape}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def safetensors_only(allow_pickle: bool = False) -> dict[str, bool]:
     """``{"use_safetensors": True}`` unless ``allow_pickle``: for ``from_pretrained``."""
     return {} if allow_pickle else {"use_safetensors": True}
 
 
-__all__ = ["UMASK", "atomic_write", "cache_root", "load_tensors", "refuse_pickle",
-           "safetensors_only", "PICKLE_SUFFIXES"]
+__all__ = ["UMASK", "atomic_write", "cache_root", "content_digest", "load_tensors",
+           "refuse_pickle", "safetensors_only", "PICKLE_SUFFIXES"]

@@ -29,6 +29,13 @@ off for near-constant dimensions such as goal coordinates), so neither is used; 
 std / min / max are checked against ours to float32 accuracy and a mismatch (a stale stats
 file) is warned about.
 
+**Checks.** ``meta/info.json`` must be valid with the keys used here (else ``ValueError``
+naming the file and key); every frame's state and action must be ``(D,)`` finite numbers as
+declared (else ``ValueError`` naming the root, feature, episode, frame and dimension); corrupt
+parquet files are reported with the root and pyarrow's reason. A missing ``meta/stats.json``
+or a missing entry in it only warns (naming the root and the keys): statistics are always
+recomputed from the frames; a ``stats.json`` that is not JSON raises.
+
 No network: the folder must hold a complete dataset (``meta/info.json``, ``meta/episodes``,
 ``data/*/*.parquet``); otherwise lerobot would try the Hub, so that case is an error here (or,
 with ``collect=...``, the dataset is recorded first by :func:`~.collect.collect`).
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -122,6 +130,76 @@ def run_collect(root: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
     return collect_mod.collect(root, **spec)
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file; unreadable or invalid JSON raises ``ValueError`` naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        msg = " ".join(str(err).split())
+        raise ValueError(f"{path} is not a readable JSON file ({type(err).__name__}: {msg})"
+                         ) from None
+
+
+def _check_info(root: Path) -> dict[str, Any]:
+    """``meta/info.json`` with the keys and types :class:`ChunkDataset` relies on; anything
+    missing or malformed raises ``ValueError`` naming the file and the key."""
+    path = root / "meta" / "info.json"
+    info = _read_json(path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(info).__name__}")
+    for key, kind in (("features", dict), ("fps", int | float), ("total_episodes", int)):
+        if key not in info:
+            raise ValueError(f"{path} lacks the key {key!r}")
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise ValueError(f"{path}: {key!r} is {info[key]!r}, not a {kind}")
+    if not (math.isfinite(info["fps"]) and info["fps"] > 0 and int(info["fps"]) == info["fps"]):
+        raise ValueError(f"{path}: 'fps' must be a positive integer, got {info['fps']!r}")
+    if info["total_episodes"] < 1:
+        raise ValueError(f"{path}: 'total_episodes' must be >= 1, got {info['total_episodes']}")
+    feats = info["features"]
+    for key in STAT_FEATURES:
+        if key not in feats:
+            raise ValueError(f"dataset {root} has no {key!r} feature: {list(feats)}")
+    for key, f in feats.items():
+        if not isinstance(f, dict) or "dtype" not in f or "shape" not in f:
+            raise ValueError(f"{path}: feature {key!r} must be an object with 'dtype' and "
+                             f"'shape', got {f!r:.100}")
+        shape = f["shape"]
+        if (not isinstance(shape, list | tuple) or not shape
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                           for d in shape)):
+            raise ValueError(f"{path}: feature {key!r} has shape {shape!r}; expected a list of "
+                             "positive integers")
+        if key in STAT_FEATURES and len(shape) != 1:
+            raise ValueError(f"{path}: feature {key!r} must be a vector (D,), got {shape}")
+    return info
+
+
+def _check_stats_file(root: Path) -> None:
+    """``meta/stats.json`` (lerobot's statistics). :class:`ChunkDataset` computes its own
+    statistics from the frames, so a missing file or a missing entry only warns (naming the
+    dataset root and the missing keys); a file that is not JSON raises (lerobot cannot load
+    the dataset with it)."""
+    path = root / "meta" / "stats.json"
+    if not path.is_file():
+        warnings.warn(f"LeRobotDataset at {root} has no meta/stats.json; statistics are "
+                      "recomputed from the frames (ChunkDataset.stats)", stacklevel=3)
+        return
+    stats = _read_json(path)
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(stats).__name__}")
+    missing: list[str] = []
+    for key in STAT_FEATURES:
+        entry = stats.get(key)
+        if not isinstance(entry, dict):
+            missing.append(key)
+        else:
+            missing += [f"{key}.{k}" for k in ("mean", "std", "min", "max") if k not in entry]
+    if missing:
+        warnings.warn(f"LeRobotDataset at {root}: meta/stats.json lacks {missing}; statistics "
+                      "are recomputed from the frames (ChunkDataset.stats)", stacklevel=3)
+
+
 def frame_stats(x: np.ndarray) -> dict[str, Tensor]:
     """``mean, std, min, max, q01, q99`` over the rows of ``x`` ``(N, D)`` as float32 ``(D,)``."""
     x = np.asarray(x, dtype=np.float64)  # (N, D)
@@ -173,11 +251,9 @@ class ChunkDataset(Dataset):
             run_collect(self.root, collect)
         elif collect is not None:
             check_collection(self.root, collect)
-        info = json.loads((self.root / "meta" / "info.json").read_text())
+        info = _check_info(self.root)
         feats: dict[str, dict] = info["features"]
-        for key in STAT_FEATURES:
-            if key not in feats:
-                raise ValueError(f"dataset {self.root} has no {key!r} feature: {list(feats)}")
+        _check_stats_file(self.root)
         cams = [k for k, f in feats.items() if f["dtype"] in ("image", "video")]
         keys = list(cams) if image_keys is None else list(image_keys)
         for key in keys:
@@ -203,14 +279,27 @@ class ChunkDataset(Dataset):
         from modalities.actions.collect import quiet_datasets
 
         has_video = any(feats[k]["dtype"] == "video" for k in cams)
-        with quiet_datasets():
-            self._ds = LeRobotDataset(
-                repo_id or f"local/{self.root.name}", root=self.root, episodes=self._episodes,
-                delta_timestamps={"action": [k / self._fps for k in range(self._horizon)]},
-                video_backend=None if has_video else "pyav")  # pyav: no torchcodec probing
+        try:
+            with quiet_datasets():
+                self._ds = LeRobotDataset(
+                    repo_id or f"local/{self.root.name}", root=self.root,
+                    episodes=self._episodes,
+                    delta_timestamps={"action": [k / self._fps for k in range(self._horizon)]},
+                    video_backend=None if has_video else "pyav")  # pyav: no torchcodec probing
+        except Exception as err:  # pyarrow / datasets / lerobot errors on corrupt files
+            cause = err  # datasets wraps the informative pyarrow error: report the innermost
+            for _ in range(20):
+                if (cause.__cause__ or cause.__context__) is None:
+                    break
+                cause = cause.__cause__ or cause.__context__
+            msg = " ".join(str(cause).split())[:300]
+            raise ValueError(f"LeRobotDataset at {self.root} could not be read "
+                             f"({type(cause).__name__}: {msg}); are its parquet files or meta/ "
+                             "files truncated or corrupt?") from err
+        cols = self._checked_columns()
         self.cache = bool(cache) and not has_video
         if self.cache:
-            self._build_cache()
+            self._build_cache(cols)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -275,10 +364,36 @@ class ChunkDataset(Dataset):
         hf = self._ds.hf_dataset.select_columns([key]).with_format("numpy")
         return np.asarray(hf[:][key])
 
-    def _build_cache(self) -> None:
+    def _checked_columns(self) -> dict[str, np.ndarray]:
+        """Episode / frame indices and the state and action columns of all selected frames,
+        checked against ``meta/info.json``: ``(N, D)`` numbers, all finite. A bad frame raises
+        ``ValueError`` naming the dataset root, the feature, the episode, frame and dimension.
+        """
+        cols = {k: self._column(k) for k in ("episode_index", "frame_index", *STAT_FEATURES)}
+        n = len(cols["episode_index"])
+        if n == 0:
+            raise ValueError(f"LeRobotDataset at {self.root} holds no frames")
+        for key in STAT_FEATURES:
+            dim = int(self._feats[key]["shape"][0])
+            x = cols[key]
+            if x.dtype == object or x.shape != (n, dim) or x.dtype.kind not in "fiu":
+                raise ValueError(f"LeRobotDataset at {self.root}: column {key!r} holds "
+                                 f"{x.dtype} {x.shape}, but meta/info.json declares ({dim},) "
+                                 f"numbers per frame for {n} frames")
+            bad = ~np.isfinite(x)
+            if bad.any():
+                r, d = (int(v) for v in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"LeRobotDataset at {self.root}: {key!r} is {x[r, d]} at episode "
+                    f"{int(cols['episode_index'][r])}, frame {int(cols['frame_index'][r])} "
+                    f"(row {r}), dimension {d}; {int(bad.any(1).sum())} frame(s) hold NaN or "
+                    "inf. Fix or drop them before training")
+        return cols
+
+    def _build_cache(self, cols: dict[str, np.ndarray]) -> None:
         """Tensors of all selected frames and, per row, the end row of its episode."""
-        ep = self._column("episode_index").astype(np.int64)  # (N,)
-        frame = self._column("frame_index").astype(np.int64)  # (N,)
+        ep = cols["episode_index"].astype(np.int64)  # (N,)
+        frame = cols["frame_index"].astype(np.int64)  # (N,)
         index = self._column("index").astype(np.int64)  # (N,)
         if np.any(np.diff(index) <= 0):
             raise RuntimeError(f"{self.root}: frames are not stored in index order")
@@ -288,8 +403,8 @@ class ChunkDataset(Dataset):
         starts = np.flatnonzero(first)
         ends = np.r_[starts[1:], len(ep)]
         self._ep_end = torch.as_tensor(np.repeat(ends, ends - starts))  # (N,) exclusive end row
-        self._state = torch.as_tensor(self._column("observation.state"), dtype=torch.float32)
-        self._action = torch.as_tensor(self._column("action"), dtype=torch.float32)  # (N, A)
+        self._state = torch.as_tensor(cols["observation.state"], dtype=torch.float32)
+        self._action = torch.as_tensor(cols["action"], dtype=torch.float32)  # (N, A)
         self._task_index = self._column("task_index").astype(np.int64)
         self._ep = torch.as_tensor(ep)
         self._frame = torch.as_tensor(frame)
@@ -329,8 +444,11 @@ class ChunkDataset(Dataset):
             try:
                 th = {k: np.asarray(theirs[key][k], dtype=np.float64).reshape(-1)
                       for k in ("mean", "std", "min", "max")}
-            except KeyError:
-                return None
+            except (KeyError, TypeError, ValueError):
+                return None  # missing or malformed: warned about at construction
+            if any(v.shape != ours["mean"].shape for v in th.values()):
+                ok = False  # other shapes: certainly stale
+                continue
             for k in ("mean", "min", "max"):
                 ok &= bool(np.all(np.abs(th[k] - ours[k]) <= 1e-5 * (np.abs(ours[k]) + 1e-3)))
             var, var_th = ours["std"] ** 2, th["std"] ** 2

@@ -8,6 +8,8 @@
 Observations are dicts of numpy arrays / tensors: ``"observation.state"`` (S,) or (B, S),
 ``"observation.images.<cam>"`` as ``(h, w, 3)`` uint8 or ``(3, h, w)`` float in [0, 1]
 (batched with a leading B), and ``"task"`` (str or list[str]) for instruction policies.
+Bad observations raise naming the key: NaN / inf, wrong shapes or types, float images outside
+``[0, 1]``, integer images outside 0..255; a chunk with NaN / inf actions is never returned.
 :meth:`Policy.select_action` keeps a queue of ``n_action_steps`` actions per chunk.
 
 **Real-time chunking** (Black, Galliker & Levine 2025, "Real-Time Execution of Action
@@ -87,15 +89,45 @@ def rtc_guided_sample(velocity, x0: Tensor, y: Tensor, w: Tensor, steps: int = 1
 
 
 def _tensor(key: str, v: Any) -> Tensor:
-    if isinstance(v, np.ndarray):
-        v = torch.from_numpy(np.ascontiguousarray(v))
-    if not isinstance(v, Tensor):
-        try:
+    """``v`` as a real-valued tensor; strings, objects, complex or bool values raise."""
+    try:
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        elif not isinstance(v, Tensor):
             v = torch.as_tensor(v)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"observation {key!r}: expected an array, got "
-                            f"{type(v).__name__}") from e
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"observation {key!r}: expected an array of numbers, got "
+                        f"{type(v).__name__} ({' '.join(str(e).split())[:120]})") from None
+    if v.is_complex() or v.dtype == torch.bool:
+        raise TypeError(f"observation {key!r}: expected real numbers, got dtype {v.dtype}")
     return v
+
+
+def _image(k: str, v: Tensor) -> Tensor:
+    """Camera image(s) -> float ``(B, 3, h, w)`` in ``[0, 1]``: uint8 (or other integers in
+    0..255) are divided by 255; floats must already lie in ``[0, 1]``."""
+    if v.ndim not in (3, 4) or 3 not in (v.shape[-1], v.shape[-3]):
+        raise ValueError(f"observation {k!r} must be (h, w, 3) / (3, h, w) (or batched), got "
+                         f"{tuple(v.shape)}")
+    v = v[None] if v.ndim == 3 else v
+    if v.shape[-1] == 3 and v.shape[1] != 3:
+        v = v.permute(0, 3, 1, 2)  # (B, 3, h, w)
+    if min(v.shape[-2:]) < 1 or v.shape[0] < 1:
+        raise ValueError(f"observation {k!r} is empty: shape {tuple(v.shape)} (B, 3, h, w)")
+    if not v.is_floating_point():
+        lo, hi = int(v.min()), int(v.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"observation {k!r}: integer pixels must lie in 0..255, got "
+                             f"{lo}..{hi}")
+        return v.float() / 255.0
+    v = v.float()
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"observation {k!r} contains NaN or inf")
+    lo, hi = float(v.min()), float(v.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise ValueError(f"observation {k!r}: float pixels must lie in [0, 1], got "
+                         f"{lo:.4g}..{hi:.4g} (pass uint8 0..255 or divide by 255)")
+    return v.clamp(0.0, 1.0)
 
 
 class Policy:
@@ -187,29 +219,27 @@ class Policy:
         for k in need:
             if k == "task":
                 v = obs[k]
-                out[k] = [v] if isinstance(v, str) else list(v)
-                if not all(isinstance(s, str) for s in out[k]):
-                    raise TypeError("observation 'task' must be a str or a list of str")
+                out[k] = [v] if isinstance(v, str) else list(v) if isinstance(
+                    v, list | tuple) else None
+                if out[k] is None or not all(isinstance(s, str) for s in out[k]):
+                    raise TypeError(f"observation 'task' must be a str or a list of str, got "
+                                    f"{v!r:.80}")
+                if not out[k]:
+                    raise ValueError("observation 'task' is an empty list")
                 sizes[k] = (len(out[k]), isinstance(v, str))
                 continue
             v = _tensor(k, obs[k])
             if k == STATE:
                 s = self.net.state_dim
-                if v.ndim not in (1, 2) or v.shape[-1] != s:
-                    raise ValueError(f"observation {k!r} must be ({s},) or (B, {s}), got "
-                                     f"{tuple(v.shape)}")
+                if v.ndim not in (1, 2) or v.shape[-1] != s or v.ndim == 2 and not len(v):
+                    raise ValueError(f"observation {k!r} must be ({s},) or (B, {s}) with "
+                                     f"B >= 1, got {tuple(v.shape)}")
                 single, v = v.ndim == 1, v.float().reshape(-1, s)
+                if not torch.isfinite(v).all():
+                    raise ValueError(f"observation {k!r} contains NaN or inf (or values "
+                                     "beyond the float32 range)")
             else:
-                if v.ndim not in (3, 4) or 3 not in (v.shape[-1], v.shape[-3]):
-                    raise ValueError(f"observation {k!r} must be (h, w, 3) / (3, h, w) "
-                                     f"(or batched), got {tuple(v.shape)}")
-                single = v.ndim == 3
-                v = v[None] if single else v
-                if v.shape[-1] == 3 and v.shape[1] != 3:
-                    v = v.permute(0, 3, 1, 2)  # (B, 3, h, w)
-                v = v.float() / 255.0 if v.dtype == torch.uint8 else v.float()
-            if not torch.isfinite(v).all():
-                raise ValueError(f"observation {k!r} contains NaN or inf")
+                single, v = v.ndim == 3, _image(k, v)
             out[k], sizes[k] = v.contiguous(), (v.shape[0], single)
         if len({b for b, _ in sizes.values()}) > 1:
             raise ValueError(f"observation entries disagree on the batch size: "
@@ -251,11 +281,27 @@ class Policy:
         if prev_chunk is not None:
             if not isinstance(self.task, FlowPolicyTask):
                 raise ValueError("real-time chunking needs a flow policy (FlowPolicyTask)")
-            prev = self.model.normalizer.normalize(ACTION, _tensor("prev_chunk", prev_chunk)
-                                                   .float().to(self.device))
+            p = _tensor("prev_chunk", prev_chunk).float()
+            b = next(len(v) for v in batch.values())
+            want = (b, self.horizon, self.action_dim)
+            if tuple(p.shape) != want:
+                raise ValueError(f"prev_chunk must be (B, H, A) = {want}, got {tuple(p.shape)}")
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError("prev_chunk contains NaN or inf")
+            prev = self.model.normalizer.normalize(ACTION, p.to(self.device))
         d = self.delay if inference_delay is None else int(inference_delay)
         x = self._chunk(batch, prev, d)
-        return self.model.normalizer.unnormalize(ACTION, x).float().cpu()
+        return self._finite(self.model.normalizer.unnormalize(ACTION, x).float().cpu())
+
+    @staticmethod
+    def _finite(chunk: Tensor) -> Tensor:
+        """``chunk``, refused when the network produced NaN / inf (never sent to a robot)."""
+        if not bool(torch.isfinite(chunk).all()):
+            bad = int((~torch.isfinite(chunk)).flatten(1).any(1).sum())
+            raise ValueError(f"the policy produced NaN or inf actions for {bad} of "
+                             f"{len(chunk)} observation(s); check the observation values "
+                             "(e.g. states far outside the training range) and the weights")
+        return chunk
 
     def select_action(self, obs: Mapping[str, Any]) -> Tensor:
         """The next action: ``(A,)`` for a single observation, ``(B, A)`` for a batch."""
@@ -267,7 +313,7 @@ class Policy:
         if not self._queue:
             s, d, prev = self.n_action_steps, self.delay, self._prev
             x = self._chunk(batch, prev if self.rtc else None, d)  # (B, H, A) normalised
-            acts = self.model.normalizer.unnormalize(ACTION, x).float().cpu()
+            acts = self._finite(self.model.normalizer.unnormalize(ACTION, x).float().cpu())
             if prev is not None and d > 0:  # the delay: A_prev[s : s + d] run meanwhile
                 old = self._prev_actions
                 steps = [old[:, s + j] for j in range(d)] + [acts[:, j] for j in range(d, s)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -30,9 +31,9 @@ from torch.utils.data import Dataset
 from modalities.audio.features import MelConfig, MelSpec
 from modalities.audio.io import resample_wave
 from modalities.audio.text import SYMBOL_SET, text_to_phonemes
-from toolkit.files import atomic_write, cache_root
+from toolkit.files import atomic_write, cache_root, content_digest
 
-_VERSION = 1  # bump when the cached content changes
+_VERSION = 2  # bump when the cached content changes (2: a checksum "digest")
 
 
 def default_cache_dir() -> Path:
@@ -71,20 +72,66 @@ def _metadata(source: Any) -> list[dict]:
             for it in (source[i] for i in range(len(source)))]
 
 
+def _name(meta: list[dict], i: int) -> str:
+    """How errors name item ``i``: its id (and index)."""
+    uid = meta[i].get("id")
+    return f"{uid!r} (item {i})" if uid is not None else f"item {i}"
+
+
+def _load_cache(path: Path, n_mels: int) -> dict | None:
+    """The cached mels / phonemes at ``path`` if the file is readable and consistent, else
+    ``None`` with a warning naming the file (it is then rebuilt)."""
+    try:
+        data = torch.load(path, weights_only=True)
+        if not isinstance(data, dict) or data.get("version") != _VERSION:
+            return None  # older format: rebuilt silently
+        n = len(data["mels"])
+        for key in ("phonemes", "texts", "speakers", "ids"):
+            if not isinstance(data[key], list) or len(data[key]) != n:
+                raise ValueError(f"{key!r} does not hold {n} entries")
+        for k, m in enumerate(data["mels"]):
+            if not (isinstance(m, Tensor) and m.ndim == 2 and m.shape[0] == n_mels
+                    and m.shape[1] > 0 and bool(torch.isfinite(m).all())):
+                raise ValueError(f"mel {k} is not a finite ({n_mels}, T) tensor")
+        if not all(isinstance(p, str) and p for p in data["phonemes"]):
+            raise ValueError("phonemes are not non-empty strings")
+        if data.get("digest") != content_digest({k: v for k, v in data.items()
+                                                 if k != "digest"}):
+            raise ValueError("checksum mismatch (corrupted data, or a cache written before "
+                             "checksums)")
+        return data
+    except Exception as err:  # truncated zip, unpickling errors, wrong content: rebuild
+        warnings.warn(f"unusable speech mel cache {path} ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())[:300]}); rebuilding it", stacklevel=3)
+        return None
+
+
 def _compute(source: Any, mel: MelConfig, voice: str, workers: int) -> dict:
     """Decode every item once: log-mels (float16), phonemes, speakers, ids. Waves are decoded
     one at a time (only the mels are kept in memory)."""
     spec = MelSpec(mel)
     meta = _metadata(source)
     need = [i for i, m in enumerate(meta) if not m["phonemes"]]
+
+    def phonemes(i: int) -> str:
+        try:
+            return text_to_phonemes(meta[i]["text"], voice)
+        except ValueError as err:  # empty text, no phonemes, a NUL byte in the text
+            raise ValueError(f"utterance {_name(meta, i)}: {err}") from None
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        ipa = pool.map(lambda i: text_to_phonemes(meta[i]["text"], voice), need)
-        for i, p in zip(need, ipa):
+        for i, p in zip(need, pool.map(phonemes, need)):
             meta[i]["phonemes"] = p
     mels = []
+    side = mel.n_fft // 2 if mel.center else mel.pad  # padding per side (reflect: < L)
+    shortest = max(mel.n_fft - 2 * side, side + 1)  # samples for one frame
     for i in range(len(meta)):
         it = source[i]
         wave = resample_wave(it["wave"], int(it["sample_rate"]), mel.sample_rate)  # (L,)
+        if wave.ndim != 1 or wave.shape[-1] < shortest:
+            raise ValueError(f"utterance {_name(meta, i)}: a wave of shape "
+                             f"{tuple(wave.shape)} at {mel.sample_rate} Hz, need mono (T,) with "
+                             f"T >= {shortest} samples (one mel frame)")
         with torch.no_grad():
             mels.append(spec(wave.float()).to(torch.float16))  # (n_mels, T)
     return {"version": _VERSION, "mels": mels, "phonemes": [m["phonemes"] for m in meta],
@@ -141,9 +188,10 @@ class SpeechDataset(Dataset):
         self.cache_path = root / f"{self.key}.pt"
         data = None
         if self.cache_path.is_file():
-            data = torch.load(self.cache_path, weights_only=True)
-        if data is None or data.get("version") != _VERSION:
+            data = _load_cache(self.cache_path, self.mel_config.n_mels)
+        if data is None:
             data = _compute(source, self.mel_config, phoneme_voice, workers)
+            data["digest"] = content_digest(data)
             _atomic_save(data, self.cache_path)
         self.mels: list[Tensor] = data["mels"]
         self.phonemes, self.texts, self.ids = data["phonemes"], data["texts"], data["ids"]

@@ -7,22 +7,31 @@
   it, or a per-speaker ``root/<speaker>/metadata.csv`` in the LJSpeech format (which then
   takes precedence over ``.txt`` files).
 
-Every listed file is checked at construction (existence and a readable header); problems are
-reported with their paths and either raise (``on_bad="error"``, the default) or are skipped
-with one warning (``on_bad="skip"``). Items are dicts like those of
+Every listed file is checked at construction without decoding it
+(:func:`~modalities.audio.io.probe_audio`: existence, a readable header, samples, a plausible
+sample rate that can be resampled to ``sample_rate``, a WAV data chunk that is not cut short),
+and every transcript (UTF-8, not empty); problems are reported with their paths and either
+raise (``on_bad="error"``, the default) or are skipped with one warning (``on_bad="skip"``).
+Bad sample values (NaN / inf, ``|x| > MAX_PEAK``) are found when an item is decoded and raise
+a ``ValueError`` naming the file. Items are dicts like those of
 :class:`~modalities.audio.corpus.SpeechCorpus`: ``wave`` float32 ``(T,)``, ``sample_rate``,
 ``text``, ``speaker``, ``speaker_id``, ``id``, ``path``.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
-import soundfile as sf
 from torch.utils.data import Dataset
 
-from modalities.audio.io import load_audio
+from modalities.audio.io import (
+    MAX_RESAMPLE_KERNEL,
+    UnreadableAudioError,
+    load_audio,
+    probe_audio,
+)
 
 
 def _listing(items: list[str], k: int = 10) -> str:
@@ -30,18 +39,30 @@ def _listing(items: list[str], k: int = 10) -> str:
     return "; ".join(items[:k]) + more
 
 
+def _read_text(path: Path) -> str:
+    """UTF-8 text of a metadata or transcript file; bad bytes raise ``ValueError`` naming the
+    file and line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line} is not valid UTF-8 ({err.reason} at byte "
+                         f"{err.start})") from None
+
+
 def read_metadata_csv(path: str | Path, use_normalized: bool = True) -> dict[str, str]:
     """``{id: text}`` from an LJSpeech ``metadata.csv`` (``id|text|normalized_text``).
 
-    Raises ``ValueError`` naming the file and line for a malformed line, an empty id or text
-    or a duplicate id; ``FileNotFoundError`` if the file is missing.
+    Raises ``ValueError`` naming the file and line for a malformed line, an empty id or text,
+    an id that is not a plain file stem (path separators, ``..``, control characters), a
+    duplicate id or bytes that are not UTF-8; ``FileNotFoundError`` if the file is missing.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metadata file not found: {path} (expected lines "
                                 "'id|text|normalized_text')")
     out: dict[str, str] = {}
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for k, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("|")
@@ -53,6 +74,9 @@ def read_metadata_csv(path: str | Path, use_normalized: bool = True) -> dict[str
             text = fields[2].strip()
         if not uid or not text:
             raise ValueError(f"{path} line {k}: empty id or text in {line[:80]!r}")
+        if uid in (".", "..") or any(c in uid for c in "/\\") or not uid.isprintable():
+            raise ValueError(f"{path} line {k}: id {uid[:40]!r} is not a plain file name (no "
+                             "path separators, '..' or control characters)")
         if uid in out:
             raise ValueError(f"{path} line {k}: duplicate id {uid!r}")
         out[uid] = text
@@ -66,7 +90,12 @@ class _SpeechFiles(Dataset):
                  sample_rate: int | None, on_bad: str):
         if on_bad not in ("error", "skip"):
             raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
-        self.root, self.sample_rate = root, sample_rate
+        if sample_rate is not None and (isinstance(sample_rate, bool)
+                                        or int(sample_rate) != sample_rate or sample_rate <= 0):
+            raise ValueError(f"sample_rate must be a positive integer (Hz) or None, got "
+                             f"{sample_rate!r}")
+        self.root = root
+        self.sample_rate = None if sample_rate is None else int(sample_rate)
         problems = list(problems)
         kept = []
         for e in entries:
@@ -74,14 +103,17 @@ class _SpeechFiles(Dataset):
                 problems.append(f"{e['path']} (missing audio file)")
                 continue
             try:
-                info = sf.info(str(e["path"]))
-            except (sf.LibsndfileError, RuntimeError) as err:
-                problems.append(f"{e['path']} (unreadable: {err})")
+                info = probe_audio(e["path"])
+            except UnreadableAudioError as err:
+                problems.append(f"{e['path']} (unreadable: {err.reason})")
                 continue
-            if info.frames == 0:
-                problems.append(f"{e['path']} (no samples)")
+            rate = int(info.samplerate)
+            g = math.gcd(rate, self.sample_rate or rate)
+            if (rate // g) * ((self.sample_rate or rate) // g) > MAX_RESAMPLE_KERNEL:
+                problems.append(f"{e['path']} (sample rate {rate} Hz cannot be resampled to "
+                                f"{self.sample_rate} Hz: convert it to a standard rate)")
                 continue
-            e["native_rate"] = int(info.samplerate)
+            e["native_rate"] = rate
             kept.append(e)
         if problems and on_bad == "error":
             raise ValueError(f"{len(problems)} problem(s) in {root}: {_listing(problems)}")
@@ -165,7 +197,11 @@ class SpeakerFolderDataset(_SpeechFiles):
                 if not txt.is_file():
                     problems.append(f"{w} (no transcript {txt.name} and no {meta.name})")
                     continue
-                text = " ".join(txt.read_text(encoding="utf-8").split())
+                try:
+                    text = " ".join(_read_text(txt).split())
+                except ValueError as err:
+                    problems.append(str(err))
+                    continue
                 if not text:
                     problems.append(f"{txt} (empty transcript)")
                     continue

@@ -122,7 +122,8 @@ def speak(engine: str, voice: str, text: str, out_wav: str, pitch: int = 50, rat
         ``None`` for espeak-ng.
     """
     if engine == "espeak-ng":
-        _run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(rate), "-w", out_wav, text])
+        _run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(rate), "-w", out_wav, "--",
+              text])
         return None
     if engine != "flite":
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -152,7 +153,8 @@ def parse_psdur(text: str) -> list[list]:
 
 def phonemize(text: str, voice: str = "en-us") -> str:
     """IPA phonemes of ``text`` from ``espeak-ng -v VOICE --ipa -q`` (lines joined by spaces)."""
-    return " ".join(_run(["espeak-ng", "-v", voice, "--ipa", "-q", text]).split())
+    # "--" ends the options: a transcript starting with "-" (e.g. "-w /some/file") is text
+    return " ".join(_run(["espeak-ng", "-v", voice, "--ipa", "-q", "--", text]).split())
 
 
 __all__ = ["ENGINES", "ESPEAK_SPEAKERS", "FLITE_SPEAKERS", "INSTALL_HINT",

@@ -240,6 +240,29 @@ def cache_key(split: str, n: int, config: ShapesConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _read_cache(path: Path, n: int, cfg: ShapesConfig) -> tuple[np.ndarray, np.ndarray,
+                                                                  list[str]]:
+    """A cached split, checked: shapes, dtypes, attribute ranges and captions that match the
+    attributes (a truncated, corrupt or foreign file raises)."""
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+        images, attrs, caps = z["images"], z["attributes"].astype(np.int64), z["captions"]
+    s = cfg.image_size
+    if images.shape != (n, s, s, 3) or images.dtype != np.uint8:
+        raise ValueError(f"images are {images.dtype} {images.shape}, expected uint8 "
+                         f"{(n, s, s, 3)}")
+    if attrs.shape != (n, 2, 4) or caps.shape != (n,):
+        raise ValueError(f"attributes {attrs.shape} / captions {caps.shape} do not fit n={n}")
+    high = np.array([NUM_CLASSES[a] for a in ATTRIBUTES])  # (4,)
+    whole = (attrs >= 0).all(-1) | (attrs == -1).all(-1)  # (n, 2) rows all set or all -1
+    if not ((attrs < high).all() and whole.all() and (attrs[:, 0, 0] >= 0).all()):
+        raise ValueError("attribute indices out of range")
+    caps = caps.tolist()
+    bad = next((i for i in range(n) if caption(attrs[i]) != caps[i]), None)
+    if bad is not None:
+        raise ValueError(f"caption {bad} does not match its attributes")
+    return images, attrs, caps
+
+
 def load_split(split: str, n: int | None = None, config: ShapesConfig | None = None,
                cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Like :func:`generate` but read from / written to the on-disk cache.
@@ -257,10 +280,10 @@ def load_split(split: str, n: int | None = None, config: ShapesConfig | None = N
     path = folder / f"shapes-{split}-{n}-{cache_key(split, n, cfg)}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return z["images"], z["attributes"].astype(np.int64), z["captions"].tolist()
-        except (OSError, ValueError, KeyError) as err:  # corrupt cache: regenerate
-            warnings.warn(f"unreadable shapes cache {path} ({err}); regenerating", stacklevel=2)
+            return _read_cache(path, n, cfg)
+        except Exception as err:  # corrupt cache (zip, zlib, npy, shape errors): regenerate
+            warnings.warn(f"unreadable shapes cache {path} ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())}); regenerating", stacklevel=2)
     images, attrs, caps = generate(split, n, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")

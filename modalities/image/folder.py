@@ -9,6 +9,7 @@ are reported with their paths and skipped or refused (``on_bad_image``), never s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +30,16 @@ def _listing(paths: list[str], k: int = 10) -> str:
     return ", ".join(paths[:k]) + more
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a caption file; bad bytes raise ``ValueError`` naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line} is not valid UTF-8 ({err.reason} at byte "
+                         f"{err.start})") from None
+
+
 def read_captions(root: str | Path) -> dict[str, str]:
     """``{file_name: caption}`` from ``root/metadata.jsonl`` (Hugging Face imagefolder: lines
     ``{"file_name": ..., "text": ...}``) or else ``root/captions.csv`` (header
@@ -40,7 +51,7 @@ def read_captions(root: str | Path) -> dict[str, str]:
         if table.exists():
             warnings.warn(f"{root} has both metadata.jsonl and captions.csv; using "
                           "metadata.jsonl", stacklevel=3)
-        for k, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        for k, line in enumerate(_read_text(meta).splitlines(), 1):
             if line.strip():
                 try:
                     rec = json.loads(line)
@@ -50,13 +61,15 @@ def read_captions(root: str | Path) -> dict[str, str]:
                     raise ValueError(f"{meta} line {k} is not a JSON object: {line!r}")
                 rows.append((f"{meta} line {k}", rec.get("file_name"), rec.get("text")))
     elif table.exists():
-        with table.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(io.StringIO(_read_text(table), newline=""))
+        try:
             if not {"file_name", "text"} <= set(reader.fieldnames or []):
                 raise ValueError(f"{table} must have a header with columns file_name,text; "
                                  f"found {reader.fieldnames}")
-            rows = [(f"{table} line {k}", r["file_name"], r["text"])
-                    for k, r in enumerate(reader, 2)]
+            rows = [(f"{table} line {reader.line_num}", r["file_name"], r["text"])
+                    for r in reader]
+        except csv.Error as err:
+            raise ValueError(f"{table} line {reader.line_num} is not valid CSV: {err}") from None
     else:
         raise FileNotFoundError(f"no caption file in {root}: expected metadata.jsonl (lines "
                                 '{"file_name": ..., "text": ...}) or captions.csv '
@@ -74,20 +87,60 @@ def read_captions(root: str | Path) -> dict[str, str]:
     return out
 
 
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image).
+
+    Attributes:
+        path: the file. reason: what went wrong (the decoder's error, one line).
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), " ".join(str(reason).split())
+        super().__init__(f"cannot read image {self.path}: {self.reason}")
+
+
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """Decode an image file to uint8 ``(size, size, 3)``: RGB (alpha composited over white),
-    shorter side resized to ``size`` (bicubic, antialiased), then centre-cropped."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-        im = im.convert("RGB")
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    shorter side resized to ``size`` (bicubic, antialiased), then centre-cropped.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UnreadableImageError: (a ``ValueError``) the file is truncated, corrupt or not an
+            image; the message names the file and the decoder's error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(path, "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings(record=True) as caught, Image.open(path) as im:
+            warnings.simplefilter("always")
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"),
+                                           im.convert("RGBA"))
+            im = im.convert("RGB")
+        w, h = im.size
+        if min(w, h) < 1:
+            raise ValueError(f"image has size {w} x {h}")
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        out = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image format PIL recognises (empty, "
+                                   "random bytes or an unsupported format)") from None
+    except Exception as err:  # PIL raises a zoo of types on corrupt data (OSError, SyntaxError,
+        # struct.error, EOFError, IndexError, zlib.error, DecompressionBombError, ...)
+        raise UnreadableImageError(path, f"{type(err).__name__}: {err}") from err
+    for w in caught:  # PIL's warnings (corrupt EXIF, decompression bomb) do not name the file
+        warnings.warn(f"{path}: {w.message}", w.category, stacklevel=2)
+    if out.shape != (size, size, 3):
+        raise UnreadableImageError(path, f"decoded to shape {out.shape}, expected "
+                                   f"{(size, size, 3)}")
+    return out
 
 
 class ImageFolderDataset(Dataset):
@@ -136,8 +189,8 @@ class ImageFolderDataset(Dataset):
         for name in sorted(caps):
             try:
                 img = load_image(self.root / name, self.image_size)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                bad.append(f"{self.root / name} ({type(err).__name__}: {err})")
+            except UnreadableImageError as err:
+                bad.append(f"{err.path} ({err.reason})")
                 continue
             self.files.append(name)
             self.captions.append(caps[name])
@@ -163,4 +216,5 @@ class ImageFolderDataset(Dataset):
         return to_tensor(img), self.captions[i], torch.full((2, 4), -1, dtype=torch.int64)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "load_image", "read_captions"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "UnreadableImageError", "load_image",
+           "read_captions"]

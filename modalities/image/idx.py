@@ -16,6 +16,7 @@ name); :func:`write_idx` gzips when the path ends in ``.gz``. Every error names 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -83,13 +84,17 @@ def read_idx(path: str | Path) -> np.ndarray:
                          f"({header} header bytes) but the file has {len(buf)} bytes")
     shape = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow for huge sizes
     got = len(buf) - header
     if got != expected:
         what = "truncated" if got < expected else "longer than its header says"
         raise ValueError(f"IDX file {path} is {what}: shape {shape} of {dtype.name} needs "
                          f"{expected} data bytes, got {got} bytes")
-    data = np.frombuffer(buf, dtype=dtype, offset=header).reshape(shape)
+    try:
+        data = np.frombuffer(buf, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as err:  # e.g. (0, 2**31, 2**31): no data, but too big for numpy
+        raise ValueError(f"IDX file {path} declares shape {shape}, which numpy cannot "
+                         f"represent ({err})") from None
     return data.astype(dtype.newbyteorder("="))  # native order; also a writable copy
 
 

@@ -87,6 +87,8 @@ def load_mnist_idx(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} "
                          f"{images.shape}")
+    if 0 in images.shape:
+        raise ValueError(f"{images_path}: holds no image pixels (shape {images.shape})")
     if labels.ndim != 1:
         raise ValueError(f"{labels_path}: expected labels (N,), got shape {labels.shape}")
     if len(images) != len(labels):

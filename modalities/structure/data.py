@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ THREE_TO_ONE = {
     "PRO": "P", "SER": "S", "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V", "MSE": "M",
 }
 ANGSTROM_PER_NM = 10.0
+PDB_MAX_COORD = 9999.999  # the largest value the PDB format's 8.3f coordinate columns hold
+_PDB_NUMBER = re.compile(r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*", re.ASCII)
 TS50_PATH = Path(__file__).parent / "assets" / "ts50.json.gz"  # see assets/README.md
 
 
@@ -86,17 +89,27 @@ def read_pdb(path: str | Path, chain: str | None = None, strict: bool = False,
     names: dict[tuple[str, str], str] = {}
     nonstd: dict[tuple[str, str], str] = {}
     chosen = chain
+    records = 0
     for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if line.startswith("ENDMDL"):
             break  # first model only
         if not line.startswith(("ATOM", "HETATM")):
             continue
-        try:
-            atom, alt, res = line[12:16].strip(), line[16], line[17:20].strip()
-            ch, key = line[21], (line[21], line[22:27])
-            xyz = [float(line[30:38]), float(line[38:46]), float(line[46:54])]
-        except (ValueError, IndexError) as e:
-            raise ValueError(f"{path}: line {i}: malformed ATOM record ({e}): {line!r}") from e
+        records += 1
+        if len(line.rstrip()) < 54:  # a cut line would parse "12.3" out of "12.345"
+            raise ValueError(f"{path}: line {i}: truncated ATOM record ({len(line.rstrip())} "
+                             f"characters; x, y, z take columns 31-54): {line[:80]!r}")
+        fields = (line[30:38], line[38:46], line[46:54])
+        bad = next((f for f in fields if not _PDB_NUMBER.fullmatch(f)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: line {i}: malformed ATOM record (coordinate {bad!r} is "
+                             f"not a number): {line[:80]!r}")
+        xyz = [float(f) for f in fields]
+        if not all(abs(v) <= PDB_MAX_COORD for v in xyz):
+            raise ValueError(f"{path}: line {i}: coordinates {xyz} beyond +-{PDB_MAX_COORD} A "
+                             f"(the PDB columns' range): {line[:80]!r}")
+        atom, alt, res = line[12:16].strip(), line[16], line[17:20].strip()
+        ch, key = line[21], (line[21], line[22:27])
         if alt not in (" ", "A") or (chosen is not None and ch != chosen):
             continue
         if res not in THREE_TO_ONE:
@@ -129,7 +142,9 @@ def read_pdb(path: str | Path, chain: str | None = None, strict: bool = False,
                         + (" ..." if len(missing) > 8 else ""))
     if not rows:
         where = f"chain {chain!r}" if chain is not None else "any chain"
-        raise ValueError(f"{path}: no residue with N, CA and C atoms in {where}")
+        what = (f"{records} ATOM/HETATM records" if records else "no ATOM/HETATM records: "
+                "empty or not a PDB file")
+        raise ValueError(f"{path}: no residue with N, CA and C atoms in {where} ({what})")
     coords = torch.tensor(rows, dtype=torch.float32)
     gaps = (coords[1:, 1] - coords[:-1, 1]).norm(dim=-1)  # (L-1,)
     breaks = (gaps > max_ca_gap).nonzero()[:, 0].tolist()
@@ -164,22 +179,31 @@ def load_ts50(path: str | Path | None = None) -> list[Backbone]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TS50 JSON {str(path)!r} does not exist")
-    if path.suffix == ".gz":
-        import gzip
+    import gzip
+    import zlib
 
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            items = json.load(f)
-    else:
-        items = json.loads(path.read_text())
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                items = json.load(f)
+        else:
+            items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable TS50 JSON file ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())})") from None
     if not isinstance(items, list) or not items:
         raise ValueError(f"{path}: expected a non-empty JSON list of chains")
     out = []
     for k, it in enumerate(items):
         try:
-            out.append(Backbone(str(it["name"]), str(it["seq"]),
-                                torch.tensor(it["coords"], dtype=torch.float32)))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: entry {k} is not a chain ({e})") from e
+            xyz = torch.tensor(it["coords"], dtype=torch.float32)
+            big = xyz.abs() > PDB_MAX_COORD  # NaN compares False: Backbone checks finiteness
+            if bool(big.any()):
+                raise ValueError(f"coordinates beyond +-{PDB_MAX_COORD} A")
+            out.append(Backbone(str(it["name"]), str(it["seq"]), xyz))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{path}: entry {k} is not a chain ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from None
     return out
 
 

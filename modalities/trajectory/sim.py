@@ -40,6 +40,7 @@ import json
 import math
 import pickle
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from toolkit.files import atomic_write, cache_root
+from toolkit.files import atomic_write, cache_root, content_digest
 from toolkit.geometry import so3
 from toolkit.geometry.se3 import Rigid
 
@@ -82,7 +83,7 @@ CLASSES: dict[str, InertiaClass] = {
 CLASS_NAMES: tuple[str, ...] = tuple(CLASSES)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_N: dict[str, int] = {"train": 4096, "val": 512, "test": 512}
-_VERSION = 1  # bump when the simulator or the sampler changes (invalidates caches)
+_VERSION = 2  # bump when the simulator, the sampler or the cache format changes (2: digest)
 _GAUSS = (0.5 - math.sqrt(3) / 6, 0.5 + math.sqrt(3) / 6)  # 2-point Gauss-Legendre nodes
 
 
@@ -327,7 +328,8 @@ class TrajectoryDataset(Dataset):
         data = self._load()
         if data is None:
             data = sample_trajectories(n, n_frames, dt, names, split_seed)
-            blob = {**data, "settings": json.dumps(self.settings, sort_keys=True)}
+            blob = {**data, "settings": json.dumps(self.settings, sort_keys=True),
+                    "digest": content_digest(data)}
             atomic_write(self.path, lambda tmp: torch.save(blob, tmp))
         self.rots, self.trans = data["rots"], data["trans"]  # (N, T, 3, 3), (N, T, 3)
         self.cls, self.inertia, self.omega = data["cls"], data["inertia"], data["omega"]
@@ -337,16 +339,51 @@ class TrajectoryDataset(Dataset):
             return None
         try:
             blob = torch.load(self.path, weights_only=True)
-            if json.loads(blob.pop("settings")) != self.settings:
+            if not isinstance(blob, dict):
+                raise ValueError(f"holds a {type(blob).__name__}, not a dict")
+            settings = blob.get("settings")
+            if not isinstance(settings, str) or json.loads(settings) != self.settings:
                 raise ValueError("settings differ")
             data = {k: blob[k] for k in ("rots", "trans", "cls", "inertia", "omega")}
-        except (OSError, RuntimeError, ValueError, KeyError, AttributeError, EOFError,
-                pickle.UnpicklingError) as err:
-            warnings.warn(f"unusable trajectory cache {self.path} ({err}); regenerating",
-                          stacklevel=3)
+            self._check(data)
+            if blob.get("digest") != content_digest(data):  # bytes changed inside the tensors
+                raise ValueError("checksum mismatch (corrupted tensor data, or a cache written "
+                                 "before checksums)")
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError,
+                EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            msg = " ".join(str(err).split())[:300]
+            warnings.warn(f"unusable trajectory cache {self.path} ({type(err).__name__}: "
+                          f"{msg}); regenerating", stacklevel=3)
             return None
         self.loaded_from_cache = True
         return data
+
+    def _check(self, data: dict[str, Tensor]) -> None:
+        """Raise ``ValueError`` unless ``data`` is a split of these settings: shapes, dtypes,
+        finite values, rotation matrices, allowed class indices and positive inertia."""
+        n, t = self.settings["n"], self.settings["n_frames"]
+        shapes = {"rots": (n, t, 3, 3), "trans": (n, t, 3), "cls": (n,), "inertia": (n, 3),
+                  "omega": (n, t, 3)}
+        for k, shape in shapes.items():
+            v = data[k]
+            if not isinstance(v, Tensor):
+                raise ValueError(f"{k!r} is a {type(v).__name__}, not a tensor")
+            if tuple(v.shape) != shape:
+                raise ValueError(f"{k!r} has shape {tuple(v.shape)}, expected {shape}")
+            if k == "cls":
+                if v.dtype != torch.int64:
+                    raise ValueError(f"'cls' has dtype {v.dtype}, expected torch.int64")
+            elif not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{k!r} is not a finite float tensor ({v.dtype})")
+        allowed = torch.tensor([CLASS_NAMES.index(c) for c in self.settings["classes"]])
+        if not bool(torch.isin(data["cls"], allowed).all()):
+            raise ValueError(f"class indices outside {allowed.tolist()}")
+        if not bool((data["inertia"] > 0).all()):
+            raise ValueError("inertia must be > 0")
+        r = data["rots"].double()
+        err = (r @ r.transpose(-1, -2) - torch.eye(3, dtype=torch.float64)).abs().amax()
+        if float(err) > 1e-4 or not bool((torch.linalg.det(r) > 0).all()):
+            raise ValueError(f"'rots' are not rotation matrices (|R R^T - I| = {float(err):.2g})")
 
     def __len__(self) -> int:
         return self.rots.shape[0]
