@@ -89,6 +89,9 @@ class BackboneFlowTask(Task):
         val_lengths: chain lengths drawn in validation.
     """
 
+    #: self-conditioning / motif inputs and class embeddings go unused in some steps
+    find_unused_parameters = True
+
     def __init__(self, trans_scale: float = 1.0, trans_weight: float = 2.0,
                  rot_weight: float = 1.0, aux_weight: float = 1.0, aux_t: float = 0.75,
                  min_remaining: float = 0.1, self_cond: float = 0.5, motif_prob: float = 0.0,
@@ -110,7 +113,9 @@ class BackboneFlowTask(Task):
 
     @staticmethod
     def kind(model: nn.Module) -> str:
-        """``"se3"`` for a :class:`FrameNet`, ``"euclidean"`` for an :class:`AtomNet`."""
+        """``"se3"`` for a :class:`FrameNet`, ``"euclidean"`` for an :class:`AtomNet` (also
+        inside a DistributedDataParallel wrapper)."""
+        model = getattr(model, "module", model)
         if isinstance(model, FrameNet):
             return "se3"
         if isinstance(model, AtomNet):
@@ -120,7 +125,7 @@ class BackboneFlowTask(Task):
     # ------------------------------------------------------------------ training
     def _motif(self, mask: Tensor, ctx: StepContext) -> Tensor | None:
         """A random contiguous segment (5-30 % of each chain) per example, or None."""
-        if self.motif_prob == 0 or not bool(ctx.bernoulli(self.motif_prob, 1)[0]):
+        if self.motif_prob == 0 or not ctx.coin(self.motif_prob):
             return None
         b, n = mask.shape
         u = ctx.rand((b, 2)).to(mask.device)
@@ -150,7 +155,7 @@ class BackboneFlowTask(Task):
             trans = trans - (trans * fixed[..., None]).sum(1, keepdim=True) / fixed.sum(
                 1, keepdim=True).clamp_min(1)[..., None]
             trans = trans * mask[..., None]
-        use_sc = self.self_cond > 0 and bool(ctx.bernoulli(self.self_cond, 1)[0])
+        use_sc = self.self_cond > 0 and ctx.coin(self.self_cond)
         denom = (1.0 - t).clamp_min(self.min_remaining)  # (B,)
         keep = mask if fixed is None else mask & ~fixed
         if self.kind(model) == "se3":
@@ -192,8 +197,8 @@ class BackboneFlowTask(Task):
         RtT = Rt.transpose(-1, -2)
         rot_err = (so3.log(RtT @ pred.rots) - so3.log(RtT @ rots)) / denom[:, None, None]
         trans_err = (x_hat - trans) / denom[:, None, None]
-        l_rot = _masked_mean((rot_err ** 2).sum(-1), keep)
-        l_trans = _masked_mean((trans_err ** 2).sum(-1), keep)
+        l_rot = ctx.masked_mean((rot_err ** 2).sum(-1), keep)  # global-batch means (DDP)
+        l_trans = ctx.masked_mean((trans_err ** 2).sum(-1), keep)
         total = self.trans_weight * l_trans + self.rot_weight * l_rot
         aux = torch.zeros_like(total)
         if self.aux_weight:
@@ -219,7 +224,7 @@ class BackboneFlowTask(Task):
                 sc = model(xt, t, mask, None, fixed, **kw)
         x_hat = model(xt, t, mask, sc, fixed, **kw)
         err = ((x_hat - x1) / denom[:, None, None, None]) ** 2
-        l_trans = _masked_mean(err.sum((-1, -2)) / 3.0, keep)
+        l_trans = ctx.masked_mean(err.sum((-1, -2)) / 3.0, keep)
         aux = self._aux(x_hat, x1, keep, mask, t)
         total = self.trans_weight * l_trans + self.aux_weight * aux
         return {"loss": total, "trans": l_trans.detach(), "aux": aux.detach()}

@@ -68,7 +68,7 @@ class RigidTrajectoryTask(BackboneFlowTask):
 
     def _motif(self, mask: Tensor, ctx: StepContext) -> Tensor | None:
         """A prefix of k ~ U{1..max_context} given poses per example, or None."""
-        if self.motif_prob == 0 or not bool(ctx.bernoulli(self.motif_prob, 1)[0]):
+        if self.motif_prob == 0 or not ctx.coin(self.motif_prob):
             return None
         b, n = mask.shape
         k = (ctx.rand((b,)) * self.max_context).floor().long().to(mask.device) + 1  # (B,)

@@ -80,6 +80,29 @@ class StepContext:
             raise ValueError(f"probability must be in [0, 1], got {p}")
         return self.rand((n,), dtype=torch.float64) < p
 
+    def masked_mean(self, values: Tensor, mask: Tensor) -> Tensor:
+        """Mean of ``values`` over the elements where ``mask`` is True across the *global*
+        batch: ``sum_local / count_global * world_size``. DDP averages gradients over
+        processes, so the result trains (and, averaged for the log, reads) exactly like one
+        process's masked mean over the whole batch, even when processes hold different
+        numbers of valid elements (variable-length sequences)."""
+        m = mask.to(values.dtype)
+        num, cnt = (values * m).sum(), m.sum().detach()
+        if self.world_size > 1 and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            cnt = cnt.clone()
+            torch.distributed.all_reduce(cnt)
+            return num * self.world_size / cnt.clamp_min(1.0)
+        return num / cnt.clamp_min(1.0)
+
+    def coin(self, p: float) -> bool:
+        """One decision for the whole global batch (e.g. "run a self-conditioning pass"),
+        True with probability ``p``: the same on every process, and the same draw one process
+        makes (so control flow, and the collectives inside it, agree across processes)."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {p}")
+        return bool(torch.rand((1,), generator=self.generator, dtype=torch.float64)[0] < p)
+
     def sample_t(self, sampler: str | Callable, shape: int | tuple[int, ...],
                  dtype: torch.dtype = torch.float32, **kw: Any) -> Tensor:
         """Training times from a :mod:`toolkit.timesteps` sampler, local ``shape``."""
@@ -141,6 +164,9 @@ class Task:
 
     #: sampling settings (the recipe's ``sampler`` group), set by :func:`~toolkit.train.build`
     sampler: SamplerSpec | None = None
+    #: True when some steps leave parameters without gradients (e.g. a self-conditioning
+    #: input used only in some steps): DDP then searches for unused parameters each step
+    find_unused_parameters: bool = False
 
     def setup(self, dataset: Any, run_dir: Path, model: nn.Module | None = None) -> Any:
         """Called once before training with the training dataset, the run directory and the

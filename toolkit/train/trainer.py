@@ -101,8 +101,13 @@ class Trainer:
         self.recipe, self.model_cfg = recipe, model_cfg
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             AcceleratorState._reset_state()  # allow a new precision in the same process
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        ddp = DistributedDataParallelKwargs(
+            find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)))
         self.acc = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
-                               cpu=not torch.cuda.is_available())  # cpu: gloo under torchrun
+                               cpu=not torch.cuda.is_available(),  # cpu: gloo under torchrun
+                               kwargs_handlers=[ddp])
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if self.world != int(os.environ.get("WORLD_SIZE", "1")):
             raise RuntimeError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but "
