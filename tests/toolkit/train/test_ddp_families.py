@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.toolkit.train.conftest import TINY, TINY_BY_RECIPE, tiny_data_overrides
