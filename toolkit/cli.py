@@ -108,7 +108,7 @@ _EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float, "solver":
               "seed": int, "batch_size": int, "ckpt": str, "bpd": int, "env": str, "task": str,
               "episodes": int, "n_action_steps": int, "rtc": "bool", "delay": int,
               "seed_offset": int, "threads": int, "w_text": float, "w_spk": float,
-              "gl_iters": int}
+              "gl_iters": int, "iters": int, "temperature": float}
 
 
 def _parse_kv(args: list[str], spec: dict[str, Any], cmd: str) -> dict[str, object]:
@@ -273,7 +273,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(format_codec_report(res))
             print(f"wrote {kv['checkpoint']}/eval.json")
             return 0
-        if _run_task(kv["checkpoint"]).endswith("Class2ImgTask"):
+        if _run_task(kv["checkpoint"]).endswith(("Class2ImgTask", "MARTask")):
             from modalities.image.class_eval import evaluate_class_run
             from modalities.image.metrics import format_report
 
@@ -281,7 +281,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 kv["checkpoint"], int(kv.get("n", 1000)), steps=kv.get("steps"),
                 cfg=kv.get("cfg"), solver=kv.get("solver"), seed=int(kv.get("seed", 0)),
                 batch_size=int(kv.get("batch_size", 250)), checkpoint=kv.get("ckpt", "latest"),
-                bpd=int(kv.get("bpd", 0)))
+                bpd=int(kv.get("bpd", 0)), iterations=kv.get("iters"),
+                temperature=kv.get("temperature"))
             print(format_report(res))
             if "bpd_uncond" in res:
                 print(f"bits/dim on {res['bpd_n']} held-out images: {res['bpd_uncond']:.3f} "
@@ -333,11 +334,12 @@ examples:
 _EVAL_EPILOG = """keys: checkpoint=RUN_DIR (required), n=500 (text2img: held-out captions;
   class2img: 1000 class-balanced samples; tokenizers: held-out images, default all), steps=,
   cfg=, solver=, seed=0, batch_size=, ckpt=latest|CHECKPOINT_DIR, bpd=0 (class2img pixel runs:
-  bits/dim of that many held-out images); policy runs: env=metaworld, task= (name, comma
-  list or mt10; default: the training tasks), episodes=50, n_action_steps=, rtc=false,
-  delay=0, seed_offset=100000, threads=1
+  bits/dim of that many held-out images); MAR runs (mar_mnist): iters= (K autoregressive
+  iterations), temperature= (head prior std), steps=/solver= (the per-token head); policy
+  runs: env=metaworld, task= (name, comma list or mt10; default: the training tasks),
+  episodes=50, n_action_steps=, rtc=false, delay=0, seed_offset=100000, threads=1
 text2img runs: per-attribute prompt-following accuracy vs real images;
-class2img runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID);
+class2img and MAR runs: FD-local, precision/recall, class accuracy vs real-vs-real (not FID);
 tokenizer runs (vae_train, vq_train, vae_shapes): held-out PSNR, codebook use, rFD-local
 text2speech runs: n=50 held-out utterances (same text + speaker as a real recording), steps=,
   solver=, w_text=, w_spk= (guidance), seed=0, gl_iters=32 (Griffin-Lim), threads= (the
@@ -352,6 +354,7 @@ rigid-trajectory runs: n=256 test trajectories, context=8 (given poses for forec
 examples:
   toolkit eval checkpoint=runs/text2img_cfm n=500
   toolkit eval checkpoint=runs/class2img_cfm n=1000 bpd=200
+  toolkit eval checkpoint=runs/mar_mnist n=500 iters=8 steps=4
   toolkit eval checkpoint=runs/vae_train
   toolkit eval checkpoint=runs/text2speech_cfm n=50 steps=10
   toolkit eval checkpoint=runs/metaworld_flow_policy env=metaworld task=push-v3 episodes=50"""

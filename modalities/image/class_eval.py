@@ -1,4 +1,4 @@
-"""``toolkit eval`` for class-conditional image runs (``recipe=class2img_cfm``).
+"""``toolkit eval`` for class-conditional image runs (``recipe=class2img_cfm``, ``mar_mnist``).
 
 Generates ``n`` class-balanced samples with the run's sampler and reports, next to the
 same numbers between the real training split and the real held-out split at the same
@@ -6,10 +6,16 @@ sample count: FD-local, precision / recall (k = 3) in the feature space of a sma
 trained once on the run's real training split (cached; :mod:`modalities.image.features`), and
 class-conditional accuracy (that classifier's prediction vs the requested class).
 FD-local is *not* FID: the features are a local digit classifier's, not Inception's.
+
+Any task with ``generate(model, labels, generator, *, guidance_scale, solver, steps,
+batch_size, **extra)``, ``num_classes`` and ``sampler`` is evaluated (``Class2ImgTask``,
+``MARTask``); ``extra`` carries task-specific sampling settings such as MAR's
+``iterations`` and ``temperature``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -50,17 +56,18 @@ def feature_net_for(data_cfg: Any, log: Any = print, **train_kw: Any
 def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None = None,
                        cfg: float | None = None, solver: str | None = None, seed: int = 0,
                        batch_size: int = 250, checkpoint: str = "latest", bpd: int = 0,
-                       feature_kw: dict[str, Any] | None = None,
-                       write: bool = True) -> dict[str, Any]:
+                       feature_kw: dict[str, Any] | None = None, write: bool = True,
+                       **generate_kw: Any) -> dict[str, Any]:
     """Sample-quality report of a class-conditional run (see the module docstring).
 
     Returns (and writes to ``RUN_DIR/eval.json``) the :func:`~modalities.image.metrics.
     image_metrics` dict plus ``seconds_per_image``, ``sampler``, ``checkpoint`` and
     ``feature_net_accuracy`` (held-out accuracy of the feature classifier); with
-    ``bpd > 0`` (pixel-space runs) also bits/dim of that many held-out images
+    ``bpd > 0`` (pixel-space flow runs) also bits/dim of that many held-out images
     (:func:`held_out_bits_per_dim`). ``feature_kw``: feature-net training settings.
+    ``generate_kw``: extra keywords of the task's ``generate`` (None values are dropped),
+    e.g. ``iterations=`` / ``temperature=`` of MAR; reported under ``sampler``.
     """
-    from modalities.image.class_task import Class2ImgTask
     from modalities.image.metrics import image_metrics
     from toolkit.train.checkpoint import load_run
 
@@ -70,8 +77,17 @@ def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None 
     if not run.exists():
         raise FileNotFoundError(f"checkpoint directory {str(run)!r} does not exist")
     model, task, rcfg, ckpt = load_run(run, checkpoint)
-    if not isinstance(task, Class2ImgTask):
+    if not all(hasattr(task, a) for a in ("generate", "num_classes", "sampler")):
         raise ValueError(f"{str(run)!r} is not a class-conditional image run")
+    extra = {k: v for k, v in generate_kw.items() if v is not None}
+    params = inspect.signature(task.generate).parameters
+    bad = [k for k in extra if k not in params]
+    if bad:
+        raise ValueError(f"{type(task).__name__} sampling does not take "
+                         f"{', '.join(k + '=' for k in bad)}")
+    if bpd > 0 and not hasattr(task, "path"):
+        raise ValueError(f"bpd= needs a flow run with a probability path; "
+                         f"{type(task).__name__} has none")
     net, info, train = feature_net_for(rcfg.data, **dict(feature_kw or {}))
     held = _split(rcfg.data, "heldout")
     x_train, _ = train.tensors()
@@ -80,7 +96,7 @@ def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None 
     gen = torch.Generator().manual_seed(int(seed))
     t0 = time.perf_counter()
     fake = task.generate(model, labels, gen, guidance_scale=cfg, solver=solver, steps=steps,
-                         batch_size=batch_size)
+                         batch_size=batch_size, **extra)
     sec = time.perf_counter() - t0
     m = min(n, len(x_held), len(x_train))
     res = image_metrics(net, x_train, fake, labels, real_reference=x_held,
@@ -90,7 +106,9 @@ def evaluate_class_run(run_dir: str | Path, n: int = 1000, *, steps: int | None 
                feature_net_accuracy=info.get("metrics", {}).get("heldout_accuracy"),
                sampler={"solver": solver or spec.solver, "steps": steps or spec.steps,
                         "guidance_scale": spec.guidance_scale if cfg is None else cfg,
-                        "threads": torch.get_num_threads()})
+                        "threads": torch.get_num_threads(),
+                        **{k: getattr(task, k) for k in ("iterations", "temperature")
+                           if hasattr(task, k)}, **extra})
     if bpd > 0:
         res.update(held_out_bits_per_dim(model, task, x_held[:bpd], y_held[:bpd], seed=seed))
     if write:

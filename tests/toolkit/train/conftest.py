@@ -66,6 +66,17 @@ TINY_BY_RECIPE["protein_backbone_euclid"] = [
     "data.min_length=16", "data.repeats=1", "task.val_lengths=[12]"]
 TINY_BY_RECIPE["rigid_trajectory_se3fm"] = [*_FRAMES, "data.n=8", "data.n_frames=10",
                                             "task.max_context=3"]
+TINY_BY_RECIPE["diffusion_forcing_traj"] = [
+    "model.hidden_dim=16", "model.depth=1", "model.num_heads=2", "model.pooled_dim=8",
+    "data.n=4", "data.n_frames=12", "data.horizon=8", "task.chunk=4", "task.steps=2",
+    "task.val_n=2", "task.val_length=4", "task.stats_items=16"]
+TINY_BY_RECIPE["transfusion_mnist"] = [
+    "model.hidden_dim=16", "model.depth=1", "model.num_heads=2", "data.n=16",
+    "task.val_per_class=1", "task.val_captions=4", "sampler.steps=2"]
+TINY_BY_RECIPE["mar_mnist"] = [
+    "model.dim=16", "model.encoder_depth=1", "model.decoder_depth=1", "model.num_heads=2",
+    "model.head_width=16", "model.head_depth=1", "data.n=16", "task.val_per_class=1",
+    "task.iterations=2", "sampler.steps=2"]
 
 
 def tiny_data_overrides(recipe: str, root: Path) -> list[str]:
