@@ -244,10 +244,46 @@ def _cmd_eval_tts(kv: dict[str, Any]) -> int:
     return 0
 
 
+_TRANSFUSION_EVAL_KEYS = {"checkpoint": str, "n": int, "steps": int, "cfg": float,
+                          "solver": str, "seed": int, "n_captions": int, "ckpt": str,
+                          "batch_size": int}
+
+
+def _cmd_eval_hybrid(args: argparse.Namespace, target: str) -> int:
+    """``toolkit eval`` for AR + diffusion hybrids: Diffusion Forcing rollouts
+    (:mod:`modalities.hybrid.forcing_eval`) and Transfusion's two directions
+    (:mod:`modalities.hybrid.transfusion_eval`)."""
+    from toolkit.kv import parse_key_values
+
+    forcing = target.endswith("DiffusionForcingTask")
+    if forcing:
+        from modalities.hybrid import forcing_eval as hev
+        spec = hev.EVAL_KEYS
+    else:
+        from modalities.hybrid import transfusion_eval as hev
+        spec = _TRANSFUSION_EVAL_KEYS
+    try:
+        kv = parse_key_values(args.args, spec, "eval", hidden=("ckpt",))
+        run = kv.pop("checkpoint")
+        if forcing:
+            res = hev.eval_run(run, **kv)
+        else:
+            kv["checkpoint"] = kv.pop("ckpt", "latest")
+            res = hev.eval_run(run, **kv)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        print(f"toolkit eval: error: {e}", file=sys.stderr)
+        return 2
+    print(hev.format_eval(res))
+    print(f"wrote {run}/eval.json")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     run = next((a.partition("=")[2] for a in args.args if a.startswith("checkpoint=")), None)
     if run and _run_task(run).endswith(("BackboneFlowTask", "RigidTrajectoryTask")):
         return _cmd_structure(args, "eval")
+    if run and _run_task(run).endswith(("DiffusionForcingTask", "TransfusionTask")):
+        return _cmd_eval_hybrid(args, _run_task(run))
     try:
         kv = _parse_kv(args.args, _EVAL_KEYS, "eval")
         if "env" in kv or _run_task(kv["checkpoint"]).endswith("PolicyTask"):

@@ -37,19 +37,12 @@ from modalities.audio.features import MelConfig
 from modalities.audio.text import SYMBOL_SET, text_to_phonemes
 from toolkit import timesteps as timesteps_mod
 from toolkit.files import atomic_write
-from toolkit.train.tasks import SamplerSpec, StepContext, Task, register_run_asset
+from toolkit.train.tasks import SamplerSpec, StepContext, Task, register_run_asset, unwrap
 
 DEFAULT_VAL_TEXTS = ("The quick brown fox jumps over the lazy dog.",
                      "Did the sleepy pilot visit the old bridge?",
                      "Seven golden lanterns stood near the quiet harbour.",
                      "Maria will paint the wooden castle before dinner.")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def _interval(v: Sequence[float], name: str) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from toolkit.train.tasks import SamplerSpec, StepContext, Task
+from toolkit.train.tasks import SamplerSpec, StepContext, Task, unwrap
 
 __all__ = ["MARTask", "truncated_normal", "unmask_schedule"]
 
@@ -168,23 +168,27 @@ class MARTask(Task):
         """Head loss on the masked tokens (all tokens for the causal variant)."""
         x, y = self._batch(batch)
         dev = x.device
-        tokens = model.patchify(x)  # (B, L, d)
+        net = unwrap(model)  # attributes; the forward call goes through DDP's wrapper
+        tokens = net.patchify(x)  # (B, L, d)
         b, n, d = tokens.shape
         drop = ctx.bernoulli(self.p_drop, b).to(dev)  # (B,)
         y = torch.where(drop, torch.full_like(y, self.num_classes), y.to(dev))
-        if model.order == "raster":
+        if net.order == "raster":
             mask = torch.ones(b, n, dtype=torch.bool, device=dev)
             z = model(tokens, None, y)  # (B, L, D)
         else:
             mask = self.masks(b, n, ctx).to(dev)
             z = model(tokens, mask, y)
-        head = model.head
+        head = net.head
         m = head.batch_mul
         x0 = ctx.randn((b, m, n, d), dtype=tokens.dtype).to(dev)  # (B, m, L, d)
         t = ctx.sample_t(head.t_sampler, (b, m, n), dtype=tokens.dtype).to(dev)  # (B, m, L)
         x0 = x0.transpose(0, 1)[:, mask]  # (m, N, d): the masked tokens only
         t = t.transpose(0, 1)[:, mask]  # (m, N)
-        loss = head.loss(tokens[mask], z[mask], x0=x0, t=t)
+        loss = head.loss(tokens[mask], z[mask], x0=x0, t=t)  # mean over local masked tokens
+        # processes hold different numbers of masked tokens: rescale the local mean to
+        # sum_local / count_global (x world size, which DDP's gradient average undoes)
+        loss = loss * ctx.masked_mean(torch.ones(mask.shape, dtype=loss.dtype, device=dev), mask)
         return {"loss": loss, "cfg_drop": drop.float().mean(), "mask_ratio": mask.float().mean()}
 
     # ---------------------------------------------------------------------------- sampling

@@ -174,17 +174,23 @@ class TransfusionTask(Task):
         return [self.vocab.encode(self.vocab.caption(int(y), int(k)))
                 for y, k in zip(labels, templates, strict=True)]
 
-    def loss_terms(self, model: nn.Module, seq: MixedBatch, x0: Tensor, t: Tensor
-                   ) -> dict[str, Tensor]:
+    def loss_terms(self, model: nn.Module, seq: MixedBatch, x0: Tensor, t: Tensor,
+                   ctx: StepContext | None = None) -> dict[str, Tensor]:
         """``L = L_LM + lambda L_flow`` for given sequences, noise ``x0 (B, N, P)`` and
-        times ``t (B,)`` (deterministic; :meth:`loss` draws them)."""
+        times ``t (B,)`` (deterministic; :meth:`loss` draws them). With ``ctx`` the text
+        tokens are averaged over the global batch (:meth:`StepContext.masked_mean`):
+        processes hold different numbers of caption tokens."""
         field = _JointField(model)
         # L_flow = E || v(x_t, t) - (x1 - x0) ||^2, x_t = t x1 + (1 - t) x0 (Lipman et al. 2023)
         flow = cfm_loss(field, seq.patches, x0, path=self.path, t=t, cond={"ids": seq.ids}).loss
         logits = field.logits  # (B, L, V)
         # L_LM = -mean_j log p(ids_{j+1} | ids_<=j) over emitted text tokens (Zhou et al. eq. 1)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                             lm_targets(seq.ids).reshape(-1), ignore_index=-100)
+        targets = lm_targets(seq.ids).reshape(-1)  # (B L,) -100 = no target
+        ce_tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets,
+                                 ignore_index=-100, reduction="none")  # (B L,)
+        valid = targets != -100
+        ce = ctx.masked_mean(ce_tok, valid) if ctx is not None else \
+            ce_tok.sum() / valid.sum().clamp_min(1)
         return {"loss": ce + self.flow_weight * flow, "ce": ce.detach(), "flow": flow.detach()}
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Tensor]:
@@ -209,7 +215,7 @@ class TransfusionTask(Task):
         t = torch.where(limit, self.caption_t_min + (1.0 - self.caption_t_min) * u, t)
         x0 = ctx.randn(patches.shape, dtype=x1.dtype).to(dev)  # (B, N, P)
         seq = build_sequences(self.captions(y.tolist(), tpl.tolist()), patches, first, drop)
-        out = self.loss_terms(model, seq, x0, t.to(dev))
+        out = self.loss_terms(model, seq, x0, t.to(dev), ctx)
         out["image_first"] = first.float().mean()
         return out
 

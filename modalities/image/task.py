@@ -31,7 +31,7 @@ from conditioners.norm import ConditionNorm
 from modalities.image.latent import to_images
 from toolkit import timesteps as timesteps_mod
 from toolkit.losses import cfm_loss
-from toolkit.train.tasks import SamplerSpec, StepContext, Task
+from toolkit.train.tasks import SamplerSpec, StepContext, Task, unwrap
 
 __all__ = ["TextImageModel", "Text2ImgTask", "imagefolder_dataset", "text_conditioner",
            "unwrap"]
@@ -51,13 +51,6 @@ def text_conditioner(path: str | None = None, kind: str = "auto", max_length: in
                                          normalize=normalize, null="empty", p_drop=0.0,
                                          cache_size=0, hidden_layer=hidden_layer)
     return _ENCODERS[key]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / compile wrappers (``.module`` / ``._orig_mod``)."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 class TextImageModel(nn.Module):

@@ -36,6 +36,14 @@ from toolkit.losses import cfm_loss
 from toolkit.sampling import sample
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP / ``torch.compile`` wrappers (``.module`` / ``._orig_mod``): for
+    attribute access inside a task's loss (calls still go through the wrapper)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 @dataclass
 class StepContext:
     """Per-micro-step information and process-consistent random draws.
@@ -310,4 +318,4 @@ class VectorCFMTask(Task):
 
 
 __all__ = ["ASSETS_FILE", "StepContext", "SamplerSpec", "Task", "VectorCFMTask",
-           "register_run_asset", "toy2d_dataset"]
+           "register_run_asset", "toy2d_dataset", "unwrap"]

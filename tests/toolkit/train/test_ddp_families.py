@@ -25,9 +25,8 @@ from toolkit.train.trainer import train_recipe
 
 ROOT = Path(__file__).resolve().parents[3]
 #: one recipe per family (images, structures, trajectories, AR + diffusion hybrids)
-#: mar_mnist and transfusion_mnist do not match 1 process yet (open, issue 9)
 FAMILIES = ["class2img_cfm", "protein_backbone_se3fm", "rigid_trajectory_se3fm",
-            "diffusion_forcing_traj"]
+            "diffusion_forcing_traj", "mar_mnist", "transfusion_mnist"]
 
 
 def _overrides(recipe: str, tmp: Path, batch: int, run: str) -> list[str]:
