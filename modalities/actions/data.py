@@ -43,10 +43,12 @@ with ``collect=...``, the dataset is recorded first by :func:`~.collect.collect`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,24 @@ def check_collection(root: str | Path, spec: dict[str, Any]) -> None:
         raise ValueError(f"the LeRobotDataset at {root} was collected with other settings "
                          f"({parts}); point data.root at a new folder to collect these "
                          "demonstrations, or drop the changed data.collect keys")
+
+
+@contextlib.contextmanager
+def _collect_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``.ROOT.lock`` beside ``root`` (POSIX ``flock``): processes
+    started together (``torchrun``) collect once; the others wait, then read it."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(root.parent / f".{root.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def run_collect(root: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -239,16 +259,13 @@ class ChunkDataset(Dataset):
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.root = Path(root)
-        if not has_dataset(self.root):
-            empty = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
-            if collect is None or not empty:
-                what = "does not exist" if not self.root.exists() else "holds no complete dataset"
-                raise FileNotFoundError(
-                    f"LeRobotDataset root {self.root} {what} (needs meta/info.json, meta/episodes "
-                    "and data/*/*.parquet). Record one with `toolkit data collect env=metaworld "
-                    f"task=push-v3 episodes=50 root={self.root}`"
-                    + (" or pass collect={...}." if collect is None else "; not overwriting."))
-            run_collect(self.root, collect)
+        if not has_dataset(self.root) and collect is not None:
+            with _collect_lock(self.root):  # one collector when several processes start
+                if not has_dataset(self.root):
+                    self._missing(collect)
+                    run_collect(self.root, collect)
+        elif not has_dataset(self.root):
+            self._missing(collect)
         elif collect is not None:
             check_collection(self.root, collect)
         info = _check_info(self.root)
@@ -343,6 +360,17 @@ class ChunkDataset(Dataset):
     def num_episodes(self) -> int:
         """Number of selected episodes."""
         return int(self._ds.num_episodes)
+
+    def _missing(self, collect: dict[str, Any] | None) -> None:
+        """Raise unless ``root`` is absent or empty and ``collect`` settings are given."""
+        empty = not self.root.exists() or (self.root.is_dir() and not any(self.root.iterdir()))
+        if collect is None or not empty:
+            what = "does not exist" if not self.root.exists() else "holds no complete dataset"
+            raise FileNotFoundError(
+                f"LeRobotDataset root {self.root} {what} (needs meta/info.json, meta/episodes "
+                "and data/*/*.parquet). Record one with `toolkit data collect env=metaworld "
+                f"task=push-v3 episodes=50 root={self.root}`"
+                + (" or pass collect={...}." if collect is None else "; not overwriting."))
 
     @property
     def collection_info(self) -> dict[str, Any] | None:

@@ -223,8 +223,15 @@ class _ChunkTask(Task):
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Tensor]:
-        """Masked chunk loss (padded steps excluded)."""
-        return {"loss": self.chunk_loss(model, batch, ctx)}
+        """Masked chunk loss (padded steps excluded). Processes hold different numbers of
+        valid steps, so the local mean is rescaled to the global batch's
+        (:meth:`StepContext.masked_mean`; 1 in one process)."""
+        pad = batch.get(ACTION + "_is_pad") if isinstance(batch, Mapping) else None
+        loss = self.chunk_loss(model, batch, ctx)
+        if pad is not None and ctx.world_size > 1:
+            valid = ~pad.bool().to(loss.device)  # (B, H)
+            loss = loss * ctx.masked_mean(torch.ones(valid.shape, device=loss.device), valid)
+        return {"loss": loss}
 
     def predict_chunk(self, model: nn.Module, obs_batch: Mapping[str, Any],
                       generator: torch.Generator | None = None, steps: int | None = None,

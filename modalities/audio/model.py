@@ -9,6 +9,7 @@ conditions. The normaliser's statistics are buffers, so checkpoints carry them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ class TTSModel(nn.Module):
             reference mel with mean pooling over frames).
         spk_dim: speaker embedding width. ref_hidden / ref_layers: reference encoder.
         enc_dim / enc_depth / enc_heads / prenet_layers / enc_dropout: text encoder.
-        dp_channels: duration predictor width.
+        dp_channels / dp_dropout: duration predictor width and dropout.
         dec_channels / dec_transformer_depth / dec_heads: mel decoder U-Net.
     """
 
@@ -40,6 +41,7 @@ class TTSModel(nn.Module):
                  speaker_input: str = "id", spk_dim: int = 64, ref_hidden: int = 128,
                  ref_layers: int = 3, enc_dim: int = 192, enc_depth: int = 4, enc_heads: int = 2,
                  prenet_layers: int = 3, enc_dropout: float = 0.1, dp_channels: int = 128,
+                 dp_dropout: float = 0.1,
                  dec_channels: tuple[int, ...] | list[int] = (128, 256),
                  dec_transformer_depth: int = 2, dec_heads: int = 4):
         super().__init__()
@@ -57,7 +59,7 @@ class TTSModel(nn.Module):
                                           ref_encoder=ref, p_drop=0.0, null="learned")
         self.encoder = TextEncoder(self.n_symbols, n_mels, enc_dim, spk_dim, prenet_layers,
                                    depth=enc_depth, heads=enc_heads, dropout=enc_dropout)
-        self.duration = DurationPredictor(enc_dim, dp_channels)
+        self.duration = DurationPredictor(enc_dim, dp_channels, dropout=dp_dropout)
         self.decoder = MelDecoder(n_mels, tuple(dec_channels), spk_dim, dec_transformer_depth,
                                   dec_heads)
         self.null_mu = nn.Parameter(torch.zeros(n_mels))  # (n_mels,) learned "no text"
@@ -113,7 +115,8 @@ class TTSModel(nn.Module):
 
     def losses(self, *, batch: dict[str, Tensor], path: Any, drop_text: Tensor,
                drop_spk: Tensor, times: Tensor, x0: Tensor, seg_start: Tensor,
-               speaker_values: Any) -> dict[str, Tensor]:
+               speaker_values: Any,
+               global_scale: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
         """Matcha-TTS training losses ``L = L_dur + L_prior + L_cfm`` (Mehta et al. 2024,
         sec. 3.2-3.3), with condition dropout for classifier-free guidance.
 
@@ -125,6 +128,10 @@ class TTSModel(nn.Module):
             times: ``(B,)`` flow times. x0: ``(B, n_mels, S)`` noise of the decoder window.
             seg_start: ``(B,)`` first frame of each sample's decoder window of ``S`` frames.
             speaker_values: ids ``(B,)`` or ``{"mel", "lengths"}`` reference log-mels.
+            global_scale: ``mask -> count_local * world / count_global`` (e.g.
+                ``StepContext.masked_mean`` of ones): rescales each masked mean (tokens,
+                frames, decoder windows) to the global batch's, so several processes train
+                like one; None = this process's batch.
         """
         from modalities.audio import align
         from toolkit.losses import cfm_loss
@@ -154,8 +161,13 @@ class TTSModel(nn.Module):
         # (Lipman et al. 2023, eq. 20-23; Matcha-TTS sec. 3.1, eq. 5)
         out = cfm_loss(self.decoder, x1_s, x0, path=path, t=times,
                        cond={"mu": mu_s, "spk": spk, "mask": seg_mask}, mask=seg_mask[:, None])
-        return {"loss": l_dur + l_prior + out.loss, "dur": l_dur.detach(),
-                "prior": l_prior.detach(), "cfm": out.loss.detach()}
+        l_cfm = out.loss
+        if global_scale is not None:  # processes hold different numbers of valid elements
+            l_dur = l_dur * global_scale(x_mask)
+            l_prior = l_prior * global_scale(y_mask)
+            l_cfm = l_cfm * global_scale(seg_mask)
+        return {"loss": l_dur + l_prior + l_cfm, "dur": l_dur.detach(),
+                "prior": l_prior.detach(), "cfm": l_cfm.detach()}
 
 
 __all__ = ["SPEAKER_INPUTS", "TTSModel"]

@@ -235,7 +235,8 @@ class TextToSpeechTask(Task):
             else batch["speaker"]
         out = model(batch=batch, path=self.path, drop_text=drop_text.to(ctx.device),
                     drop_spk=drop_spk.to(ctx.device), times=t, x0=x0, seg_start=start,
-                    speaker_values=values)
+                    speaker_values=values,
+                    global_scale=lambda k: ctx.masked_mean(torch.ones(k.shape, device=k.device), k))
         out["drop_text"], out["drop_spk"] = drop_text.float().mean(), drop_spk.float().mean()
         return out
 

@@ -29,7 +29,7 @@ the expected shape. Networks and losses: :mod:`modalities.image.codec_nets`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -75,6 +75,11 @@ class Codec(nn.Module):
     codec_name: ClassVar[str] = "codec"
     fit_use_shift: ClassVar[bool] = False  # fit_scale defaults
     fit_per_channel: ClassVar[bool] = False
+
+    def forward(self, images: Tensor, **loss_kw: Any) -> dict[str, Tensor]:
+        """The training loss, ``self.loss(images, **loss_kw)``: the call a DDP / FSDP
+        wrapper must see (it synchronises gradients only for its own forward)."""
+        return self.loss(images, **loss_kw)
 
     def __init__(self, image_channels: int, latent_channels: int, downsample: int) -> None:
         super().__init__()
@@ -326,6 +331,7 @@ class KLVAE(Codec):
     def loss(
         self, images: Tensor, *, kl_weight: float = 1e-6, perceptual_weight: float = 0.0,
         adv_weight: float = 0.0, step: int = 0, generator: torch.Generator | None = None,
+        noise: Callable[[tuple[int, ...]], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Generator (autoencoder) loss on a batch.
 
@@ -346,7 +352,11 @@ class KLVAE(Codec):
         """
         self._check_image_dims(tuple(images.shape), "(B, C, H, W)", 1)
         mean, logvar = self.posterior(images)  # (B, c, h, w) each
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if noise is not None:  # e.g. a training step's process-consistent StepContext.randn
+            eps = noise(tuple(mean.shape)).to(device=mean.device, dtype=mean.dtype)
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device,
+                              dtype=mean.dtype)
         recon = self._decode(mean + torch.exp(0.5 * logvar) * eps)  # (B, C, H, W)
         rec = _reconstruction(recon, images, self.rec_loss)
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()

@@ -93,11 +93,12 @@ class CodecTask(Task):
         """The codec's loss; only scalar entries are returned (logged)."""
         images = _images(batch)
         codec = getattr(model, "module", model)
-        if hasattr(codec, "posterior"):  # KL-VAE
-            out = codec.loss(images, kl_weight=self.kl_weight,
-                             perceptual_weight=self.perceptual_weight, step=ctx.step)
+        # through model(...) (Codec.forward = loss): a DDP wrapper syncs gradients only then
+        if hasattr(codec, "posterior"):  # KL-VAE; posterior noise drawn for the global batch
+            out = model(images, kl_weight=self.kl_weight, perceptual_weight=self.perceptual_weight,
+                        step=ctx.step, noise=ctx.randn)
         else:
-            out = codec.loss(images, perceptual_weight=self.perceptual_weight)
+            out = model(images, perceptual_weight=self.perceptual_weight)
         res: dict[str, Tensor] = {}
         for k, v in out.items():
             if isinstance(v, Tensor) and v.ndim == 0:

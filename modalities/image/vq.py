@@ -96,6 +96,10 @@ class EMAQuantizer(nn.Module):
         z = z.detach().to(self.codebook.dtype)
         n = torch.bincount(idx, minlength=self.num_codes).to(z.dtype)  # (K,)
         s = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)  # (K, D)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_world_size() > 1:  # statistics of the global batch
+            torch.distributed.all_reduce(n)
+            torch.distributed.all_reduce(s)
         g = self.decay
         self.ema_count.mul_(g).add_(n, alpha=1 - g)
         self.ema_sum.mul_(g).add_(s, alpha=1 - g)

@@ -288,8 +288,12 @@ def filter_state(state: dict[str, Tensor], exclude: tuple[str, ...] | list[str])
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Tensor], what: str,
-                 exclude: tuple[str, ...] | list[str] = ()) -> None:
+                 exclude: tuple[str, ...] | list[str] = (), load: Any = None) -> None:
     """Load ``state`` into ``model``; missing keys are allowed only under ``exclude``.
+
+    ``load(model, state)`` replaces the final ``model.load_state_dict(state, strict=False)``
+    (e.g. :func:`toolkit.train.fsdp.load_full_model_state` for a sharded model; the key and
+    shape checks use global shapes either way).
 
     Raises:
         ValueError: naming the missing/unexpected keys and shape mismatches.
@@ -308,7 +312,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, Tensor], what: str,
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise ValueError(f"{what} does not fit this model: " + ", ".join(parts))
-    model.load_state_dict(state, strict=False)
+    if load is not None:
+        load(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "latest", use_ema: bool = True,

@@ -32,6 +32,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 NONFINITE = ("stop", "skip", "reduce_lr")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainerConfig:
     nonfinite: str = "stop"
     nonfinite_lr_factor: float = 0.5
     max_nonfinite: int = 10
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -96,6 +98,8 @@ class TrainerConfig:
                              f"{self.nonfinite_lr_factor}")
         if int(self.max_nonfinite) < 1:
             raise ValueError(f"trainer.max_nonfinite must be >= 1, got {self.max_nonfinite}")
+        if self.strategy not in STRATEGIES:
+            raise unknown_name_error("trainer.strategy", self.strategy, STRATEGIES)
 
     def lr_at(self, step: int) -> float:
         """Learning rate for the optimizer step taken after ``step`` steps.
@@ -327,7 +331,7 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 __all__ = [
-    "TrainerConfig", "resolve_precision", "SCHEDULES", "OPTIMIZERS", "PRECISIONS",
+    "TrainerConfig", "resolve_precision", "SCHEDULES", "OPTIMIZERS", "PRECISIONS", "STRATEGIES",
     "GROUPS", "RecipeError", "recipes_dir", "list_recipes", "group_options",
     "compose_recipe", "split_recipe_arg", "to_yaml",
 ]

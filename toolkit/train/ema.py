@@ -81,12 +81,21 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
-        """Fold the live ``model``'s weights into the shadow; returns the decay used."""
+        """Fold the live ``model``'s weights into the shadow; returns the decay used.
+
+        ``model`` may be sharded (FSDP2, DTensor parameters): each parameter is then
+        gathered in full first, a collective that every process must join in the same order.
+        """
+        from torch.distributed.tensor import DTensor
+
         d = self.current_decay()
         self.num_updates += 1
         live = dict(model.named_parameters())
         for name, shadow in self.model.named_parameters():
-            src = live[name].detach().to(shadow.dtype)
+            src = live[name].detach()
+            if isinstance(src, DTensor):
+                src = src.full_tensor()
+            src = src.to(shadow.dtype)
             if name in self._averaged and d > 0.0:
                 shadow.lerp_(src, 1.0 - d)  # ema + (1 - d)(theta - ema)
             else:

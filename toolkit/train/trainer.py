@@ -9,6 +9,15 @@ tasks' process-consistent noise (:class:`~toolkit.train.tasks.StepContext`) this
 position a pure function of the step (bit-exact resume). Learning-rate schedules:
 :meth:`~toolkit.train.config.TrainerConfig.lr_at`.
 
+``trainer.strategy``: ``ddp`` (default) replicates the model in every process (accelerate's
+DDP); ``fsdp`` shards parameters, gradients and optimizer state with FSDP2
+(:mod:`toolkit.train.fsdp`; accelerate then only sets up the processes and does not wrap the
+model). Both give the same global-batch semantics (gradient accumulation included:
+FSDP skips the gradient reduce-scatter on all but the last micro-batch), clip by the global
+gradient norm, keep a full EMA copy (under FSDP updated from the gathered weights) and write
+full, unsharded checkpoints, loadable in one process and resumable under either strategy.
+With one process ``fsdp`` behaves exactly like ``ddp`` (nothing is wrapped).
+
 Entry point from a recipe: :func:`train_recipe` (what ``toolkit train`` calls).
 """
 
@@ -26,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from toolkit.train import checkpoint as ckpt_mod
+from toolkit.train import fsdp as fsdp_mod
 from toolkit.train.config import TrainerConfig, resolve_precision
 from toolkit.train.ema import EMA
 from toolkit.train.logging import MetricsLogger
@@ -126,10 +136,17 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
-        self.opt = self._make_optimizer(params)
         self.ema = EMA(model, config.ema_decay, config.ema_warmup, config.ema_power,
-                       start_step=config.ema_start)
-        self.model, self.opt = self.acc.prepare(model, self.opt)
+                       start_step=config.ema_start)  # a full copy, before any sharding
+        self.fsdp = config.strategy == "fsdp" and self.world > 1
+        if self.fsdp:  # shard first, then build the optimizer on the sharded parameters
+            fsdp_mod.shard_model(model, self.acc.device, self.world, self.acc.mixed_precision)
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.opt = self.acc.prepare(self._make_optimizer(params))  # no DDP around it
+            self.model = model
+        else:
+            self.opt = self._make_optimizer(params)
+            self.model, self.opt = self.acc.prepare(model, self.opt)
         self.ema.model.to(self.acc.device)
         self.exclude = tuple(getattr(model, "checkpoint_exclude", ()))
         self.generator = torch.Generator().manual_seed(self.seed + 1)
@@ -194,12 +211,16 @@ class Trainer:
         data = ckpt_mod.load_checkpoint(ckpt)
         st = data["state"]
         net = self.acc.unwrap_model(self.model)
-        ckpt_mod.load_weights(net, data["model"], f"resume checkpoint {str(ckpt)!r}", self.exclude)
+        ckpt_mod.load_weights(net, data["model"], f"resume checkpoint {str(ckpt)!r}", self.exclude,
+                              load=fsdp_mod.load_full_model_state if self.fsdp else None)
         if data["ema"] is not None:
             ckpt_mod.load_weights(self.ema.model, data["ema"], "EMA weights", self.exclude)
         self.ema.num_updates = int(st["ema"]["num_updates"])
         if data["optimizer"] is not None:
-            self.opt.load_state_dict(data["optimizer"])
+            if self.fsdp:  # full (1-process format) state, cut to this process's shards
+                fsdp_mod.load_full_optimizer_state(self.opt, data["optimizer"])
+            else:
+                self.opt.load_state_dict(data["optimizer"])
         self.step = int(st["step"])
         nf = st.get("nonfinite", {})
         self.lr_scale = float(nf.get("lr_scale", 1.0))
@@ -229,10 +250,16 @@ class Trainer:
             (tmp / f"rng_rank{self.rank}.json").write_text(json.dumps(ckpt_mod.rng_state()))
         self.acc.wait_for_everyone()
         path = ckpt_mod.step_dir_name(self.step)
+        if self.fsdp:  # collectives: every process gathers, rank 0 gets the full tensors
+            model_sd = fsdp_mod.full_model_state(self.model, self.rank)
+            opt_sd = fsdp_mod.full_optimizer_state(self.opt)
+        elif self.main:
+            model_sd = self.acc.unwrap_model(self.model).state_dict()
+            opt_sd = self.opt.state_dict()
         if self.main:
-            net = self.acc.unwrap_model(self.model)
             state = {
                 "step": self.step, "recipe": self.recipe, "world_size": self.world,
+                "strategy": "fsdp" if self.fsdp else "ddp",
                 "batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum,
                 "micro_batches": self.step * self.cfg.grad_accum, "seed": self.seed,
                 "generator": ckpt_mod.generator_state(self.generator),
@@ -245,9 +272,9 @@ class Trainer:
             }
             path = ckpt_mod.save_checkpoint(
                 self.run_dir, self.step,
-                model_state=ckpt_mod.filter_state(net.state_dict(), self.exclude),
+                model_state=ckpt_mod.filter_state(model_sd, self.exclude),
                 ema_state=ckpt_mod.filter_state(self.ema.state_dict(), self.exclude),
-                optimizer_state=self.opt.state_dict(), state=state,
+                optimizer_state=opt_sd, state=state,
                 config_yaml=self.config_yaml, tmp_dir=tmp)
             ckpt_mod.prune_checkpoints(self.run_dir, self.cfg.keep_last)
         self.acc.wait_for_everyone()
@@ -323,8 +350,12 @@ class Trainer:
                     batch = _to_device(next(data), self.acc.device)
                     ctx = StepContext(self.step, micro, self.generator, self.rank, self.world,
                                       self.acc.device)
-                    sync = (self.acc.no_sync(self.model) if micro < c.grad_accum - 1
-                            else contextlib.nullcontext())
+                    last = micro == c.grad_accum - 1
+                    if self.fsdp:  # reduce-scatter gradients only after the last micro-batch
+                        self.model.set_requires_gradient_sync(last)
+                        sync = self.acc.autocast()  # accelerate did not wrap forward
+                    else:
+                        sync = (contextlib.nullcontext() if last else self.acc.no_sync(self.model))
                     with sync:
                         out = self.task.loss(self.model, batch, ctx)
                         loss = out["loss"] if isinstance(out, dict) else out
@@ -338,11 +369,16 @@ class Trainer:
                             if k != "loss":
                                 extras[k] = float(v) / c.grad_accum + extras.get(k, 0.0)
                 g_loss = self.acc.reduce(total, "mean") if self.world > 1 else total
+                if self.world > 1 and extras:  # logged parts: the mean over processes too
+                    vals = self.acc.reduce(torch.tensor(list(extras.values()),
+                                                        device=self.acc.device), "mean")
+                    extras = dict(zip(extras, vals.tolist(), strict=True))
                 loss_v = float(g_loss)
                 bad = not math.isfinite(loss_v) and self._nonfinite("the loss", loss_v)
                 gnorm = None
                 if c.grad_clip and not bad:
-                    gnorm = float(self.acc.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+                    gnorm = fsdp_mod.global_norm(  # DTensor norms (fsdp) are global too
+                        self.acc.clip_grad_norm_(self.model.parameters(), c.grad_clip))
                     if not math.isfinite(gnorm) and self.acc.mixed_precision != "fp16":
                         bad = self._nonfinite("the gradient norm", gnorm)
                 if not bad:
