@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modalities.image.class_task import Class2ImgTask
 from toolkit.train.tasks import SamplerSpec, StepContext, Task, unwrap
 
 __all__ = ["MARTask", "truncated_normal", "unmask_schedule"]
@@ -289,12 +290,5 @@ class MARTask(Task):
                                              **head_kw).to(tokens.dtype)
         return tokens
 
-    def validate(self, model: nn.Module, step: int, out_dir: Path,
-                 generator: torch.Generator) -> dict[str, float]:
-        """``out_dir/step_N.png``: one column per class, ``val_per_class`` rows."""
-        from toolkit.train.logging import save_image_grid
-
-        labels = torch.arange(self.num_classes).repeat(self.val_per_class)
-        x = self.generate(model, labels, generator)
-        save_image_grid(x, out_dir / f"step_{step:08d}.png", nrow=self.num_classes)
-        return {}
+    #: ``out_dir/step_N.png``: one column per class (the class-conditional flow's grid)
+    validate = Class2ImgTask.validate
